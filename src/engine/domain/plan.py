@@ -1,0 +1,196 @@
+"""Plan and Subplan models (schema version 1) and the structural checks behind them.
+
+Field-level rules (types, ranges) are pydantic constraints; rules that span fields or siblings
+(exactly one of run/call/subplans, unique names, `needs`, cycles) are collected by
+`structural_problems` so that every problem of a plan is reported at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+
+from engine.domain.graph import find_cycle
+from engine.domain.states import FailureMode
+from engine.errors import PlanValidationError
+
+MAX_PARALLEL_LIMIT = 32
+DEFAULT_MAX_PARALLEL = 4
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+CALL_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
+def _scalar_to_str(value: object) -> object:
+    """YAML reads `CI: 1` as an int; environment values are strings, so accept scalars."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+MaxParallel = Annotated[int, Field(ge=1, le=MAX_PARALLEL_LIMIT, strict=True)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanProblem:
+    """One thing wrong with a plan: where (subplan path, field) and what."""
+
+    path: str
+    field: str | None
+    message: str
+
+    def render(self, source: str) -> str:
+        where = [source]
+        if self.path:
+            where.append(self.path)
+        head = ": ".join(where)
+        return f"{head}: {self.field} {self.message}" if self.field else f"{head}: {self.message}"
+
+
+class Subplan(BaseModel):
+    """One node of a plan: a shell/argv command (`run`), a Python callable (`call`) or a group."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: Name
+    run: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)] | None = (
+        None
+    )
+    call: Annotated[str, Field(pattern=CALL_PATTERN)] | None = None
+    with_: dict[str, Any] | None = Field(default=None, alias="with")
+    subplans: list[Subplan] | None = None
+    needs: list[str] = Field(default_factory=list)
+    timeout: Seconds | None = None
+    retries: Annotated[int, Field(ge=0, le=10, strict=True)] = 0
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    cwd: str | None = None
+    max_parallel: MaxParallel | None = None
+    failure_mode: FailureMode | None = None
+    locks: list[Name] = Field(default_factory=list)
+
+    @property
+    def kind(self) -> Literal["run", "call", "group"]:
+        if self.subplans is not None:
+            return "group"
+        return "call" if self.call is not None else "run"
+
+
+class Plan(BaseModel):
+    """A whole plan file. `source` (where it was read from) is not part of the schema."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    version: Literal[1] = 1
+    name: Name
+    project: Name | None = None
+    max_parallel: MaxParallel | None = None
+    failure_mode: FailureMode | None = None
+    timeout: Seconds | None = None
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    cwd: str | None = None
+    subplans: Annotated[list[Subplan], Field(min_length=1)]
+
+    _source: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_structure(self) -> Plan:
+        problems = structural_problems(self)
+        if problems:
+            raise PlanValidationError(self.name, problems)
+        return self
+
+    @property
+    def source(self) -> Path | None:
+        """The plan file this plan was loaded from, if any."""
+        return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative `cwd` values start from: the plan file's folder, else the CWD."""
+        return self._source.parent if self._source is not None else Path.cwd()
+
+    def with_source(self, source: Path) -> Plan:
+        plan = self.model_copy()
+        plan._source = source.resolve()
+        return plan
+
+    def walk(self) -> list[tuple[str, Subplan]]:
+        """Every subplan with its path, parents before children."""
+        out: list[tuple[str, Subplan]] = []
+
+        def visit(prefix: str, children: list[Subplan]) -> None:
+            for child in children:
+                path = f"{prefix}{child.name}"
+                out.append((path, child))
+                if child.subplans is not None:
+                    visit(f"{path}/", child.subplans)
+
+        visit("", self.subplans)
+        return out
+
+
+def structural_problems(plan: Plan) -> list[PlanProblem]:
+    """Cross-field and sibling rules, for the whole tree at once."""
+    problems: list[PlanProblem] = []
+    _check_group(plan.subplans, "", problems)
+    return problems
+
+
+def _check_group(children: list[Subplan], prefix: str, problems: list[PlanProblem]) -> None:
+    seen: set[str] = set()
+    for child in children:
+        path = f"{prefix}{child.name}"
+        if child.name in seen:
+            problems.append(PlanProblem(path, "name", "is used by more than one sibling"))
+        seen.add(child.name)
+        kinds = [k for k in ("run", "call", "subplans") if getattr(child, k) is not None]
+        if len(kinds) != 1:
+            found = " and ".join(kinds) if kinds else "none of them"
+            problems.append(
+                PlanProblem(path, None, f"needs exactly one of run, call, subplans; found {found}")
+            )
+        if child.with_ is not None and child.call is None:
+            problems.append(PlanProblem(path, "with", "is only allowed together with call"))
+        if child.subplans is None:
+            for key in ("max_parallel", "failure_mode"):
+                if getattr(child, key) is not None:
+                    problems.append(
+                        PlanProblem(path, key, "only applies to a group (a subplan with subplans)")
+                    )
+        else:
+            if not child.subplans:
+                problems.append(PlanProblem(path, "subplans", "must not be empty"))
+            if child.retries:
+                problems.append(
+                    PlanProblem(path, "retries", "only applies to run and call steps, not groups")
+                )
+        if len(set(child.needs)) != len(child.needs):
+            problems.append(PlanProblem(path, "needs", "lists a sibling more than once"))
+        if child.name in child.needs:
+            problems.append(PlanProblem(path, "needs", "names the subplan itself"))
+    names = {c.name for c in children}
+    for child in children:
+        for dep in child.needs:
+            if dep not in names:
+                allowed = ", ".join(sorted(names - {child.name})) or "no siblings"
+                problems.append(
+                    PlanProblem(
+                        f"{prefix}{child.name}",
+                        "needs",
+                        f"names unknown sibling {dep!r} (siblings: {allowed})",
+                    )
+                )
+    cycle = find_cycle({c.name: [d for d in c.needs if d != c.name] for c in children})
+    if cycle is not None:
+        where = prefix.rstrip("/")
+        problems.append(PlanProblem(where, "needs", f"form a cycle: {' -> '.join(cycle)}"))
+    for child in children:
+        if child.subplans:
+            _check_group(child.subplans, f"{prefix}{child.name}/", problems)

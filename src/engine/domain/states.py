@@ -1,0 +1,68 @@
+"""Every status enum of the engine and the ONE table of legal transitions for each.
+
+A state change anywhere (tracker, store, worker) is checked against these tables; nothing else
+decides what may follow what.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SubplanState(StrEnum):
+    #: Not started yet (waiting for a slot, a lock or its `needs`).
+    PENDING = "pending"
+    #: Executing; retries happen inside this state.
+    RUNNING = "running"
+    #: Finished successfully.
+    COMPLETED = "completed"
+    #: Finished with an error (after its last attempt).
+    FAILED = "failed"
+    #: Stopped by fail-fast, a timeout of its parent, or an interruption.
+    CANCELLED = "cancelled"
+    #: Never started because a subplan it `needs` did not complete.
+    SKIPPED = "skipped"
+
+
+class RunState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class FailureMode(StrEnum):
+    #: The first failure cancels every pending and running sibling.
+    FAIL_FAST = "fail_fast"
+    #: Every sibling runs to a terminal state; failures are aggregated.
+    CONTINUE_ON_ERROR = "continue_on_error"
+
+
+TERMINAL_SUBPLAN_STATES: frozenset[SubplanState] = frozenset(
+    {SubplanState.COMPLETED, SubplanState.FAILED, SubplanState.CANCELLED, SubplanState.SKIPPED}
+)
+TERMINAL_RUN_STATES: frozenset[RunState] = frozenset(
+    {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED}
+)
+
+SUBPLAN_TRANSITIONS: dict[SubplanState, frozenset[SubplanState]] = {
+    SubplanState.PENDING: frozenset(
+        {SubplanState.RUNNING, SubplanState.CANCELLED, SubplanState.SKIPPED}
+    ),
+    SubplanState.RUNNING: frozenset(
+        {SubplanState.COMPLETED, SubplanState.FAILED, SubplanState.CANCELLED}
+    ),
+    SubplanState.COMPLETED: frozenset(),
+    SubplanState.FAILED: frozenset(),
+    SubplanState.CANCELLED: frozenset(),
+    SubplanState.SKIPPED: frozenset(),
+}
+
+RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    RunState.PENDING: frozenset({RunState.RUNNING, RunState.CANCELLED, RunState.FAILED}),
+    RunState.RUNNING: frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED}),
+    RunState.COMPLETED: frozenset(),
+    RunState.FAILED: frozenset(),
+    RunState.CANCELLED: frozenset(),
+}

@@ -1,0 +1,127 @@
+"""Every exception the engine raises on purpose, under one root.
+
+    EngineError                      exit code 1 unless a subclass says otherwise
+    ├── InputError                   exit 2: bad input; nothing was executed
+    │   ├── PlanValidationError      a plan file or Plan object breaks the schema
+    │   ├── ConfigError              a configuration value is missing, malformed or out of range
+    │   └── NotFoundError            an id (run, job) that the store does not know
+    ├── ExecutionError               the work itself failed
+    │   ├── SubplanExecutionError    one subplan failed (fail_fast)
+    │   └── AggregateSubplanError    several failed (continue_on_error); carries each failure
+    ├── RunCancelledError            the run was cancelled (timeout of the plan, signal)
+    ├── InvalidTransitionError       a state change not in the transition table
+    │   └── InvalidJobTransitionError
+    ├── StoreError                   the database failed (driver errors are translated into this)
+    ├── LockError
+    │   ├── LockConflictError        exit 3: another owner holds the resource
+    │   └── LockExpiredError         a held lock expired or was taken over
+    └── DelegationRejected           in-process delegation at capacity
+
+Each class's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from engine.domain.plan import PlanProblem
+
+
+class EngineError(Exception):
+    """The engine failed."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (self.__doc__ or type(self).__name__).strip()
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(EngineError):
+    """Bad input."""
+
+    exit_code = 2
+
+
+class PlanValidationError(InputError):
+    """The plan is not valid."""
+
+    def __init__(self, source: str, problems: Sequence[PlanProblem]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(p.render(source) for p in self.problems))
+
+
+class ConfigError(InputError):
+    """The configuration is not valid."""
+
+
+class NotFoundError(InputError):
+    """No such id."""
+
+
+class ExecutionError(EngineError):
+    """The work failed."""
+
+
+class SubplanExecutionError(ExecutionError):
+    """A subplan failed."""
+
+    def __init__(self, path: str, error: str) -> None:
+        self.path = path
+        self.error = error
+        super().__init__(f"subplan {path!r} failed: {error}")
+
+
+class AggregateSubplanError(ExecutionError):
+    """Several subplans failed."""
+
+    def __init__(self, failures: Sequence[SubplanExecutionError]) -> None:
+        self.failures = list(failures)
+        names = ", ".join(repr(f.path) for f in self.failures)
+        super().__init__(f"{len(self.failures)} subplan(s) failed: {names}")
+
+
+class RunCancelledError(EngineError):
+    """The run was cancelled."""
+
+
+class InvalidTransitionError(EngineError):
+    """A state change that the transition table does not allow."""
+
+    def __init__(self, what: str, old: str, new: str) -> None:
+        self.what = what
+        self.old = old
+        self.new = new
+        super().__init__(f"{what}: illegal transition {old} -> {new}")
+
+
+class InvalidJobTransitionError(InvalidTransitionError):
+    """A job state change that the transition table does not allow."""
+
+
+class StoreError(EngineError):
+    """The store failed."""
+
+
+class LockError(EngineError):
+    """A lock operation failed."""
+
+
+class LockConflictError(LockError):
+    """The resource is locked by another owner."""
+
+    exit_code = 3
+
+
+class LockExpiredError(LockError):
+    """The lock expired or was taken over by another owner."""
+
+
+class DelegationRejected(EngineError):
+    """At capacity: wait for a running delegation to finish, or run the work synchronously."""

@@ -1,0 +1,1 @@
+"""Protocols the services depend on; implementations live in `engine.store` and friends."""
