@@ -194,3 +194,23 @@ def _check_group(children: list[Subplan], prefix: str, problems: list[PlanProble
     for child in children:
         if child.subplans:
             _check_group(child.subplans, f"{prefix}{child.name}/", problems)
+
+
+class ParallelExecutionConfig(BaseModel):
+    """The effective cap and failure mode of one group, after precedence resolution."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_parallel: MaxParallel = DEFAULT_MAX_PARALLEL
+    failure_mode: FailureMode = FailureMode.FAIL_FAST
+
+    def for_group(
+        self, max_parallel: int | None, failure_mode: FailureMode | None
+    ) -> ParallelExecutionConfig:
+        """Nearest value wins: the group's own, else this (inherited) one."""
+        if max_parallel is None and failure_mode is None:
+            return self
+        return ParallelExecutionConfig(
+            max_parallel=max_parallel if max_parallel is not None else self.max_parallel,
+            failure_mode=failure_mode if failure_mode is not None else self.failure_mode,
+        )

@@ -1,0 +1,277 @@
+"""`ParallelSubplanDispatcher`: runs the subplan tree of one run.
+
+One anyio task group per group; a slot of the group's `AsyncSemaphoreLimiter` is acquired
+*before* a child's task is created and released when the child is terminal; `needs` edges gate
+readiness. fail_fast cancels the group's scope at the first failure; continue_on_error lets every
+child finish and aggregates. A group returns only when every child is terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from engine.domain.graph import dependents
+from engine.domain.plan import ParallelExecutionConfig, Plan, Subplan
+from engine.domain.states import FailureMode, SubplanState
+from engine.errors import AggregateSubplanError, SubplanExecutionError
+from engine.dispatch.limiter import AsyncSemaphoreLimiter
+from engine.dispatch.steps import StepFailed, read_tail, run_call, run_command
+from engine.dispatch.tracker import SubplanTracker
+
+MAX_BACKOFF = 60.0
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    """What the dispatcher needs from the global configuration."""
+
+    defaults: ParallelExecutionConfig = ParallelExecutionConfig()
+    retry_backoff: float = 1.0
+    kill_grace: float = 5.0
+    log_dir: Path = Path(".engine/logs")
+    base_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def log_file_name(path: str) -> str:
+    return path.replace("/", "__") + ".log"
+
+
+class ParallelSubplanDispatcher:
+    def __init__(
+        self,
+        plan: Plan,
+        tracker: SubplanTracker,
+        settings: DispatchSettings,
+        *,
+        skip: Callable[[str], bool] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.plan = plan
+        self.tracker = tracker
+        self.settings = settings
+        self._skip_completed = skip
+        self._rng = rng or random.Random()
+        self.limiters: dict[str, AsyncSemaphoreLimiter] = {}
+
+    async def run(self) -> None:
+        """Run the whole tree. Raises SubplanExecutionError / AggregateSubplanError on failure."""
+        plan = self.plan
+        config = self.settings.defaults.for_group(plan.max_parallel, plan.failure_mode)
+        env = {**self.settings.base_env, **plan.env}
+        cwd = _join_cwd(plan.base_dir, plan.cwd)
+        await self._run_group(plan.subplans, "", config, env, cwd)
+
+    async def _run_group(
+        self,
+        children: list[Subplan],
+        prefix: str,
+        config: ParallelExecutionConfig,
+        env: dict[str, str],
+        cwd: Path,
+    ) -> None:
+        tracker = self.tracker
+        by_name = {c.name: c for c in children}
+        waiting = {c.name: len(c.needs) for c in children}
+        needed_by = dependents({c.name: c.needs for c in children})
+        ready: deque[Subplan] = deque()
+        outstanding = len(children)
+        failures: list[SubplanExecutionError] = []
+        limiter = AsyncSemaphoreLimiter(config.max_parallel)
+        self.limiters[prefix.rstrip("/")] = limiter
+        wake = asyncio.Event()
+        fail_fast = config.failure_mode is FailureMode.FAIL_FAST
+
+        def close(name: str, state: SubplanState, reason: str) -> None:
+            """A child that will never start: skipped (a need failed) or cancelled."""
+            nonlocal outstanding
+            path = prefix + name
+            if tracker.subplans[path].state is not SubplanState.PENDING:
+                return
+            tracker.transition(path, state, reason)
+            self._close_subtree(path, state, reason)
+            outstanding -= 1
+            for dependent in needed_by[name]:
+                close(dependent, state, _need_reason(name, state))
+
+        def finished(name: str, state: SubplanState, errors: list[SubplanExecutionError]) -> None:
+            nonlocal outstanding
+            outstanding -= 1
+            limiter.release()
+            if errors:
+                failures.extend(errors)
+                if fail_fast:
+                    tg.cancel_scope.cancel()
+            for dependent in needed_by[name]:
+                if state is SubplanState.COMPLETED:
+                    waiting[dependent] -= 1
+                    if waiting[dependent] == 0:
+                        ready.append(by_name[dependent])
+                else:
+                    close(dependent, SubplanState.SKIPPED, _need_reason(name, state))
+            wake.set()
+
+        for child in children:
+            path = prefix + child.name
+            if self._skip_completed is not None and self._skip_completed(path):
+                # Resumed run: kept from the earlier run, counts as completed for `needs`.
+                outstanding -= 1
+                for dependent in needed_by[child.name]:
+                    waiting[dependent] -= 1
+        for child in children:
+            if waiting[child.name] == 0 and not self._is_kept(prefix + child.name):
+                ready.append(child)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                while outstanding > 0:
+                    if not ready:
+                        wake.clear()
+                        await wake.wait()
+                        continue
+                    child = ready.popleft()
+                    await limiter.acquire()
+                    tg.start_soon(self._run_child, child, prefix, config, env, cwd, finished)
+        finally:
+            for child in children:
+                close(child.name, SubplanState.CANCELLED, "cancelled before it started")
+
+        if failures:
+            if fail_fast:
+                raise failures[0]
+            raise AggregateSubplanError(failures)
+
+    def _is_kept(self, path: str) -> bool:
+        return self._skip_completed is not None and self._skip_completed(path)
+
+    def _close_subtree(self, path: str, state: SubplanState, reason: str) -> None:
+        prefix = path + "/"
+        for sub_path, status in self.tracker.subplans.items():
+            if sub_path.startswith(prefix) and status.state is SubplanState.PENDING:
+                self.tracker.transition(sub_path, state, reason)
+
+    async def _run_child(
+        self,
+        child: Subplan,
+        prefix: str,
+        config: ParallelExecutionConfig,
+        env: dict[str, str],
+        cwd: Path,
+        finished: Callable[[str, SubplanState, list[SubplanExecutionError]], None],
+    ) -> None:
+        path = prefix + child.name
+        tracker = self.tracker
+        state = SubplanState.CANCELLED
+        errors: list[SubplanExecutionError] = []
+        child_env = {**env, **child.env} if child.env else env
+        child_cwd = _join_cwd(cwd, child.cwd)
+        try:
+            tracker.transition(path, SubplanState.RUNNING)
+            try:
+                if child.subplans is not None:
+                    with _timeout(child.timeout):
+                        await self._run_group(
+                            child.subplans,
+                            path + "/",
+                            config.for_group(child.max_parallel, child.failure_mode),
+                            child_env,
+                            child_cwd,
+                        )
+                else:
+                    await self._run_step(child, path, child_env, child_cwd)
+            except SubplanExecutionError as exc:
+                errors = [exc]
+            except AggregateSubplanError as exc:
+                errors = exc.failures
+            except StepFailed as exc:
+                errors = [SubplanExecutionError(path, exc.message)]
+            except TimeoutError:
+                errors = [SubplanExecutionError(path, f"timed out after {child.timeout:g}s")]
+            if errors:
+                state = SubplanState.FAILED
+                message = errors[0].error if errors[0].path == path else str(_group_error(errors))
+                tracker.transition(path, state, message)
+            else:
+                state = SubplanState.COMPLETED
+                tracker.transition(path, state)
+        finally:
+            if state is SubplanState.CANCELLED:
+                tracker.transition(path, state, "cancelled")
+                self._close_subtree(path, state, "cancelled")
+            finished(child.name, state, errors)
+
+    async def _run_step(self, child: Subplan, path: str, env: dict[str, str], cwd: Path) -> None:
+        """Every attempt of one step; raises StepFailed after the last failed attempt."""
+        status = self.tracker.subplans[path]
+        log_path = self.settings.log_dir / log_file_name(path)
+        if child.run is not None:
+            status.log_path = str(log_path)
+        attempts = child.retries + 1
+        for attempt in range(1, attempts + 1):
+            status.attempts = attempt
+            try:
+                with _timeout(child.timeout):
+                    if child.run is not None:
+                        step_env = {**env, "ENGINE_RUN_ID": self.tracker.run_id}
+                        step_env["ENGINE_SUBPLAN_PATH"] = path
+                        try:
+                            await run_command(
+                                child.run,
+                                env=step_env,
+                                cwd=cwd,
+                                log_path=log_path,
+                                kill_grace=self.settings.kill_grace,
+                            )
+                        finally:
+                            status.output_tail = read_tail(log_path)
+                    else:
+                        assert child.call is not None
+                        status.result = await run_call(
+                            child.call, child.with_ or {}, log_path=log_path
+                        )
+                return
+            except TimeoutError:
+                error = f"timed out after {child.timeout:g}s"
+                if attempt == attempts:
+                    raise StepFailed(error) from None
+            except StepFailed as exc:
+                error = exc.message
+                if attempt == attempts:
+                    raise
+            delay = self._backoff(attempt)
+            self.tracker.attempt_failed(path, error, delay)
+            await anyio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with full jitter: uniform in [0, base * 2**(attempt-1)]."""
+        ceiling = min(MAX_BACKOFF, self.settings.retry_backoff * 2 ** (attempt - 1))
+        return self._rng.uniform(0, ceiling)
+
+
+def _need_reason(name: str, state: SubplanState) -> str:
+    return f"needs {name!r}, which was {state.value}"
+
+
+def _group_error(errors: list[SubplanExecutionError]) -> Exception:
+    return errors[0] if len(errors) == 1 else AggregateSubplanError(errors)
+
+
+def _join_cwd(base: Path, cwd: str | None) -> Path:
+    return base if cwd is None else (base / cwd)
+
+
+@contextlib.contextmanager
+def _timeout(seconds: float | None) -> Iterator[Any]:
+    if seconds is None:
+        yield None
+    else:
+        with anyio.fail_after(seconds) as scope:
+            yield scope
