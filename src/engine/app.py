@@ -163,8 +163,7 @@ async def _execute(
         failure = RunCancelledError(f"plan timed out after {plan.timeout:g}s")
         tracker.set_run_state(RunState.FAILED, str(failure))
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            tracker.set_run_state(RunState.CANCELLED, "interrupted")
+        tracker.set_run_state(RunState.CANCELLED, "interrupted")
         raise
     else:
         tracker.set_run_state(RunState.COMPLETED)
@@ -183,7 +182,7 @@ def build_result(tracker: SubplanTracker, failure: BaseException | None = None) 
         error=tracker.run_error,
         exception=failure,
         subplans={
-            path: SubplanResult(
+            path: SubplanResult.model_construct(
                 path=path,
                 kind=s.kind,
                 state=s.state,
@@ -230,4 +229,3 @@ async def run_plan(
     """Run one plan in memory (no store) and return its result. See `Engine.run_plan`."""
     async with Engine(settings, clock=clock) as eng:
         return await eng.run_plan(plan, on_event=on_event, **overrides)
-

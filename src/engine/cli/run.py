@@ -13,10 +13,10 @@ import anyio
 from rich.console import Console
 
 from engine.app import Engine
+from engine.cli.view import LiveView, PlainView, render_summary
 from engine.config import Settings, load_settings
 from engine.domain.events import Event
 from engine.domain.states import RunState
-from engine.cli.view import LiveView, PlainView, render_summary
 from engine.errors import InputError
 from engine.planfile import load_plan
 
@@ -79,11 +79,11 @@ async def _watch_signals(run_scope: anyio.CancelScope, received: list[signal.Sig
                 run_scope.cancel()
 
 
-def _event_writer(target: str, stack: ExitStack) -> "_JsonLines":
+def _event_writer(target: str, stack: ExitStack) -> _JsonLines:
     if target == "-":
         return _JsonLines(sys.stdout)
     try:
-        fh = stack.enter_context(Path(target).open("w", encoding="utf-8"))
+        fh = stack.enter_context(Path(target).open("w", encoding="utf-8"))  # noqa: SIM115
     except OSError as exc:
         raise InputError(f"--events {target}: cannot open for writing: {exc.strerror}") from None
     return _JsonLines(fh)
@@ -96,4 +96,3 @@ class _JsonLines:
     def __call__(self, event: Event) -> None:
         self.out.write(event.to_json() + "\n")
         self.out.flush()
-

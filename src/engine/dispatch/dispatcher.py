@@ -15,17 +15,22 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 
+from engine.dispatch.limiter import AsyncSemaphoreLimiter
+from engine.dispatch.steps import (
+    CallTarget,
+    StepFailed,
+    read_tail,
+    run_command,
+    write_traceback,
+)
+from engine.dispatch.tracker import SubplanTracker
 from engine.domain.graph import dependents
 from engine.domain.plan import ParallelExecutionConfig, Plan, Subplan
 from engine.domain.states import FailureMode, SubplanState
 from engine.errors import AggregateSubplanError, SubplanExecutionError
-from engine.dispatch.limiter import AsyncSemaphoreLimiter
-from engine.dispatch.steps import StepFailed, read_tail, run_call, run_command
-from engine.dispatch.tracker import SubplanTracker
 
 MAX_BACKOFF = 60.0
 
@@ -34,7 +39,7 @@ MAX_BACKOFF = 60.0
 class DispatchSettings:
     """What the dispatcher needs from the global configuration."""
 
-    defaults: ParallelExecutionConfig = ParallelExecutionConfig()
+    defaults: ParallelExecutionConfig = field(default_factory=ParallelExecutionConfig)
     retry_backoff: float = 1.0
     kill_grace: float = 5.0
     log_dir: Path = Path(".engine/logs")
@@ -61,6 +66,7 @@ class ParallelSubplanDispatcher:
         self._skip_completed = skip
         self._rng = rng or random.Random()
         self.limiters: dict[str, AsyncSemaphoreLimiter] = {}
+        self._callables: dict[str, CallTarget] = {}
 
     async def run(self) -> None:
         """Run the whole tree. Raises SubplanExecutionError / AggregateSubplanError on failure."""
@@ -78,12 +84,17 @@ class ParallelSubplanDispatcher:
         env: dict[str, str],
         cwd: Path,
     ) -> None:
+        """Run one group's children to a terminal state each.
+
+        A pool of at most `max_parallel` worker tasks takes ready children in turn; each worker
+        holds a limiter slot while its child runs. No task is created per child.
+        """
         tracker = self.tracker
         by_name = {c.name: c for c in children}
         waiting = {c.name: len(c.needs) for c in children}
         needed_by = dependents({c.name: c.needs for c in children})
         ready: deque[Subplan] = deque()
-        outstanding = len(children)
+        unstarted = len(children)
         failures: list[SubplanExecutionError] = []
         limiter = AsyncSemaphoreLimiter(config.max_parallel)
         self.limiters[prefix.rstrip("/")] = limiter
@@ -92,19 +103,17 @@ class ParallelSubplanDispatcher:
 
         def close(name: str, state: SubplanState, reason: str) -> None:
             """A child that will never start: skipped (a need failed) or cancelled."""
-            nonlocal outstanding
+            nonlocal unstarted
             path = prefix + name
             if tracker.subplans[path].state is not SubplanState.PENDING:
                 return
             tracker.transition(path, state, reason)
             self._close_subtree(path, state, reason)
-            outstanding -= 1
+            unstarted -= 1
             for dependent in needed_by[name]:
                 close(dependent, state, _need_reason(name, state))
 
         def finished(name: str, state: SubplanState, errors: list[SubplanExecutionError]) -> None:
-            nonlocal outstanding
-            outstanding -= 1
             limiter.release()
             if errors:
                 failures.extend(errors)
@@ -119,11 +128,29 @@ class ParallelSubplanDispatcher:
                     close(dependent, SubplanState.SKIPPED, _need_reason(name, state))
             wake.set()
 
+        async def worker() -> None:
+            nonlocal unstarted
+            cancel_scope = tg.cancel_scope
+            while True:
+                while not ready:
+                    if unstarted == 0:
+                        return
+                    wake.clear()
+                    await wake.wait()
+                if cancel_scope.cancel_called:
+                    # fail-fast fired while this worker ran without a checkpoint: start nothing.
+                    return
+                child = ready.popleft()
+                unstarted -= 1
+                if unstarted == 0:
+                    wake.set()  # let idle workers see there is nothing left to take
+                await limiter.acquire()
+                await self._run_child(child, prefix, config, env, cwd, finished)
+
         for child in children:
-            path = prefix + child.name
-            if self._skip_completed is not None and self._skip_completed(path):
+            if self._is_kept(prefix + child.name):
                 # Resumed run: kept from the earlier run, counts as completed for `needs`.
-                outstanding -= 1
+                unstarted -= 1
                 for dependent in needed_by[child.name]:
                     waiting[dependent] -= 1
         for child in children:
@@ -132,14 +159,8 @@ class ParallelSubplanDispatcher:
 
         try:
             async with anyio.create_task_group() as tg:
-                while outstanding > 0:
-                    if not ready:
-                        wake.clear()
-                        await wake.wait()
-                        continue
-                    child = ready.popleft()
-                    await limiter.acquire()
-                    tg.start_soon(self._run_child, child, prefix, config, env, cwd, finished)
+                for _ in range(min(config.max_parallel, unstarted)):
+                    tg.start_soon(worker)
         finally:
             for child in children:
                 close(child.name, SubplanState.CANCELLED, "cancelled before it started")
@@ -211,32 +232,15 @@ class ParallelSubplanDispatcher:
     async def _run_step(self, child: Subplan, path: str, env: dict[str, str], cwd: Path) -> None:
         """Every attempt of one step; raises StepFailed after the last failed attempt."""
         status = self.tracker.subplans[path]
-        log_path = self.settings.log_dir / log_file_name(path)
-        if child.run is not None:
-            status.log_path = str(log_path)
         attempts = child.retries + 1
         for attempt in range(1, attempts + 1):
             status.attempts = attempt
             try:
-                with _timeout(child.timeout):
-                    if child.run is not None:
-                        step_env = {**env, "ENGINE_RUN_ID": self.tracker.run_id}
-                        step_env["ENGINE_SUBPLAN_PATH"] = path
-                        try:
-                            await run_command(
-                                child.run,
-                                env=step_env,
-                                cwd=cwd,
-                                log_path=log_path,
-                                kill_grace=self.settings.kill_grace,
-                            )
-                        finally:
-                            status.output_tail = read_tail(log_path)
-                    else:
-                        assert child.call is not None
-                        status.result = await run_call(
-                            child.call, child.with_ or {}, log_path=log_path
-                        )
+                if child.timeout is None:
+                    await self._attempt(child, path, env, cwd)
+                else:
+                    with anyio.fail_after(child.timeout):
+                        await self._attempt(child, path, env, cwd)
                 return
             except TimeoutError:
                 error = f"timed out after {child.timeout:g}s"
@@ -249,6 +253,38 @@ class ParallelSubplanDispatcher:
             delay = self._backoff(attempt)
             self.tracker.attempt_failed(path, error, delay)
             await anyio.sleep(delay)
+
+    async def _attempt(self, child: Subplan, path: str, env: dict[str, str], cwd: Path) -> None:
+        status = self.tracker.subplans[path]
+        if child.run is not None:
+            log_path = self.log_path(path)
+            status.log_path = str(log_path)
+            step_env = {**env, "ENGINE_RUN_ID": self.tracker.run_id, "ENGINE_SUBPLAN_PATH": path}
+            try:
+                await run_command(
+                    child.run,
+                    env=step_env,
+                    cwd=cwd,
+                    log_path=log_path,
+                    kill_grace=self.settings.kill_grace,
+                )
+            finally:
+                status.output_tail = read_tail(log_path)
+            return
+        assert child.call is not None
+        target = self._callables.get(child.call)
+        if target is None:
+            target = self._callables[child.call] = CallTarget.resolve(child.call)
+        try:
+            status.result = await target.invoke(child.with_ or {})
+        except StepFailed as exc:
+            log_path = self.log_path(path)
+            write_traceback(log_path, exc)
+            status.log_path = str(log_path)
+            raise
+
+    def log_path(self, path: str) -> Path:
+        return self.settings.log_dir / log_file_name(path)
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter: uniform in [0, base * 2**(attempt-1)]."""
@@ -269,9 +305,9 @@ def _join_cwd(base: Path, cwd: str | None) -> Path:
 
 
 @contextlib.contextmanager
-def _timeout(seconds: float | None) -> Iterator[Any]:
+def _timeout(seconds: float | None) -> Iterator[None]:
     if seconds is None:
-        yield None
+        yield
     else:
-        with anyio.fail_after(seconds) as scope:
-            yield scope
+        with anyio.fail_after(seconds):
+            yield

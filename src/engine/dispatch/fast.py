@@ -37,7 +37,9 @@ async def dispatch(
     then AggregateSubplanError carries every failure.
     """
     if isinstance(max_parallel, bool) or not 1 <= max_parallel <= MAX_PARALLEL_LIMIT:
-        raise InputError(f"max_parallel must be between 1 and {MAX_PARALLEL_LIMIT}, got {max_parallel!r}")
+        raise InputError(
+            f"max_parallel must be between 1 and {MAX_PARALLEL_LIMIT}, got {max_parallel!r}"
+        )
     try:
         mode = FailureMode(failure_mode)
     except ValueError:
@@ -61,7 +63,11 @@ async def dispatch(
     running, completed, failed = SubplanState.RUNNING, SubplanState.COMPLETED, SubplanState.FAILED
 
     async def worker() -> None:
+        cancel_scope = tg.cancel_scope
         while True:
+            if cancel_scope.cancel_called:
+                # fail-fast fired while this worker ran without a checkpoint: start nothing.
+                return
             try:
                 index = next_index()
             except StopIteration:

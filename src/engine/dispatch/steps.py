@@ -128,39 +128,57 @@ def read_tail(log_path: Path, lines: int = TAIL_LINES) -> str | None:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def resolve_callable(target: str) -> Any:
-    """Import "module:attribute" (attribute may be dotted). Failure → StepFailed."""
-    module_name, _, attr_path = target.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        raise StepFailed(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    for part in attr_path.split("."):
+class CallTarget:
+    """A resolved `call` target: the callable and whether it is a coroutine function."""
+
+    __slots__ = ("func", "is_coroutine")
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+        self.is_coroutine = inspect.iscoroutinefunction(func)
+
+    @classmethod
+    def resolve(cls, target: str) -> CallTarget:
+        """Import "module:attribute" (attribute may be dotted). Failure → StepFailed."""
+        module_name, _, attr_path = target.partition(":")
         try:
-            obj = getattr(obj, part)
-        except AttributeError as exc:
-            raise StepFailed(f"{target!r}: module {module_name!r} has no {attr_path!r}") from exc
-    if not callable(obj):
-        raise StepFailed(f"{target!r} is not callable")
-    return obj
+            obj: Any = importlib.import_module(module_name)
+        except Exception as exc:
+            message = f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+            raise StepFailed(message) from exc
+        for part in attr_path.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError as exc:
+                raise StepFailed(
+                    f"{target!r}: module {module_name!r} has no {attr_path!r}"
+                ) from exc
+        if not callable(obj):
+            raise StepFailed(f"{target!r} is not callable")
+        return cls(obj)
+
+    async def invoke(self, kwargs: Mapping[str, Any]) -> Any:
+        """Coroutine functions are awaited; plain functions run in a worker thread (a timeout
+        or cancellation abandons the thread: Python cannot stop it). An exception → StepFailed.
+        """
+        try:
+            if self.is_coroutine:
+                return await self.func(**kwargs)
+            result = await anyio.to_thread.run_sync(
+                functools.partial(self.func, **kwargs), abandon_on_cancel=True
+            )
+            if inspect.isawaitable(result):
+                return await result
+            return result
+        except Exception as exc:
+            raise StepFailed(f"{type(exc).__name__}: {exc}") from exc
 
 
-async def run_call(target: str, kwargs: Mapping[str, Any], *, log_path: Path | None) -> Any:
-    """Call "module:attr" with keyword arguments: coroutines are awaited, plain functions run in
-    a worker thread. An exception becomes StepFailed (the traceback goes to the log file)."""
-    func = resolve_callable(target)
-    try:
-        if inspect.iscoroutinefunction(func):
-            return await func(**kwargs)
-        result = await anyio.to_thread.run_sync(
-            functools.partial(func, **kwargs), abandon_on_cancel=True
-        )
-        if inspect.isawaitable(result):
-            return await result
-        return result
-    except Exception as exc:
-        if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with log_path.open("a", encoding="utf-8") as fh:
-                fh.write("".join(traceback.format_exception(exc)))
-        raise StepFailed(f"{type(exc).__name__}: {exc}") from exc
+def write_traceback(log_path: Path, failure: StepFailed) -> None:
+    """Append the traceback behind a failed `call` to its log file."""
+    cause = failure.__cause__
+    if cause is None:
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as fh:
+        fh.write("".join(traceback.format_exception(cause)))

@@ -34,6 +34,8 @@ class SubplanStatus:
     """Mutable record of one subplan; only the tracker writes it."""
 
     __slots__ = (
+        "_t0",
+        "_t1",
         "attempts",
         "error",
         "finished_at",
@@ -44,8 +46,6 @@ class SubplanStatus:
         "result",
         "started_at",
         "state",
-        "_t0",
-        "_t1",
     )
 
     def __init__(self, path: str, kind: str) -> None:
