@@ -7,6 +7,7 @@ allowed and what was found.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -173,8 +174,9 @@ def _describe(exc: ValidationError, origin: Mapping[str, str]) -> str:
         key = ".".join(str(p) for p in err["loc"])
         src = origin.get(key, "configuration")
         if err["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(ENV_VARS))
-            lines.append(f"{src}: unknown key {key!r} (known keys: {allowed})")
+            close = difflib.get_close_matches(key, ENV_VARS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(ENV_VARS)}"
+            lines.append(f"{src}: unknown key {key!r} ({hint})")
         else:
             lines.append(f"{src}: {key} {err['msg'].lower()}, got {err.get('input')!r}")
     return "\n".join(lines)
