@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
+
 from clitools import engine_env, pid_alive, run_engine, start_engine, wait_for
 
 
@@ -111,7 +112,10 @@ def test_failure_mode_flag_is_global_level(tmp_path: Path) -> None:
 )
 def test_bad_input_exit_2_no_traceback(tmp_path: Path, args: list[str], message: str) -> None:
     write(tmp_path / "plan.yaml", OK_PLAN)
-    write(tmp_path / "bad.yaml", "name: b\nmax_parallel: 40\nsubplans: [{name: a, run: 'touch ran'}]\n")
+    write(
+        tmp_path / "bad.yaml",
+        "name: b\nmax_parallel: 40\nsubplans: [{name: a, run: 'touch ran'}]\n",
+    )
     proc = run_engine(*args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr

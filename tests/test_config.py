@@ -63,7 +63,9 @@ def test_bad_values_name_source_key_and_value(
 
 def test_unknown_and_malformed_file(tmp_path: Path) -> None:
     (tmp_path / "engine.toml").write_text("max_paralel = 3\n")
-    with pytest.raises(ConfigError, match="unknown key 'max_paralel' \\(did you mean 'max_parallel'\\?\\)"):
+    with pytest.raises(
+        ConfigError, match="unknown key 'max_paralel' \\(did you mean 'max_parallel'\\?\\)"
+    ):
         load_settings(environ={}, cwd=tmp_path)
     (tmp_path / "engine.toml").write_text("max_parallel = [\n")
     with pytest.raises(ConfigError, match="not valid TOML"):

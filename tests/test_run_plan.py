@@ -10,9 +10,9 @@ from typing import Any
 
 import anyio
 import pytest
-import stepkit
 
 import engine
+import stepkit
 from engine import Event, Plan, RunState, SubplanState, SubplanStateChanged
 from engine.errors import AggregateSubplanError, InvalidTransitionError, SubplanExecutionError
 

@@ -144,7 +144,7 @@ def render_summary(result: RunResult, console: Console) -> None:
             path,
             Text(sub.state.value, style=STYLE[sub.state.value]),
             _fmt_duration(sub.duration),
-            str(sub.attempts),
+            "-" if sub.kind == "group" else str(sub.attempts),
         )
     parts: list[Table | Text] = [table]
     for path, sub in result.subplans.items():
@@ -161,8 +161,7 @@ def render_summary(result: RunResult, console: Console) -> None:
         counts[sub.state.value] = counts.get(sub.state.value, 0) + 1
     tally = ", ".join(f"{n} {state}" for state, n in counts.items())
     closing = Text(
-        f"\nrun {result.run_id} {result.state.value} in {_fmt_duration(result.duration)}"
-        f" ({tally})",
+        f"\nrun {result.run_id} {result.state.value} in {_fmt_duration(result.duration)} ({tally})",
         style=STYLE.get(result.state.value, "bold"),
     )
     if result.error:
