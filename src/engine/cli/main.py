@@ -26,8 +26,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m engine", description="Run plans of parallel subplans.")
     parser.add_argument("--config", metavar="PATH", help="TOML configuration file")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     commands.register(sub)
     return parser
 
@@ -39,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         code = anyio.run(handler, args)
     except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"error: {line}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130

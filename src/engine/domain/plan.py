@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic_core import PydanticCustomError
 
 from engine.domain.graph import find_cycle
 from engine.domain.states import FailureMode
@@ -32,10 +33,18 @@ def _scalar_to_str(value: object) -> object:
     return value
 
 
+def _exactly_int(value: object) -> object:
+    """A Literal accepts `true` and `1.0` as 1; a schema version must be the integer itself."""
+    if type(value) is not int:
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": "1"})
+    return value
+
+
 EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 MaxParallel = Annotated[int, Field(ge=1, le=MAX_PARALLEL_LIMIT, strict=True)]
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# strict: YAML `timeout: yes` or `timeout: "30"` must not pass as a number (ints still do).
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +96,7 @@ class Plan(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    version: Literal[1] = 1
+    version: Annotated[Literal[1], BeforeValidator(_exactly_int)] = 1
     name: Name
     project: Name | None = None
     max_parallel: MaxParallel | None = None

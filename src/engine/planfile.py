@@ -1,0 +1,629 @@
+"""Plan files: YAML text -> `Plan`, with every problem of a file reported at once.
+
+This module owns reading and checking a plan file, and turning everything wrong with it into
+`PlanProblem`s (file, subplan path, field, what is allowed, what was found) inside ONE
+`PlanValidationError`. It must never let a traceback, a PyYAML or a raw pydantic message escape,
+and it never runs anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Hashable
+from datetime import date
+from functools import cache
+from itertools import islice
+from pathlib import Path
+from typing import Any, NamedTuple, NoReturn
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from yaml.error import Mark
+from yaml.nodes import MappingNode, Node, ScalarNode
+
+from engine.domain.graph import find_cycle
+from engine.domain.plan import CALL_PATTERN, NAME_PATTERN, Plan, PlanProblem, Subplan
+from engine.errors import PlanValidationError
+
+MAX_BYTES = 10 * 1024 * 1024  # a plan file larger than this is not a plan file
+MAX_DEPTH = 100  # nesting levels of mappings and lists
+MAX_VALUES = 1_000_000  # values after expanding YAML aliases ("billion laughs")
+MAX_PROBLEMS = 100  # shown; the rest are counted
+
+_RANGE_ERRORS = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+)
+_EMPTY_ERRORS = frozenset({"too_short", "string_too_short"})
+_LAST: tuple[int, ...] = (1 << 62,)  # sort key of a problem with no known position
+
+
+class _Located(NamedTuple):
+    """A problem and its position in the file (indexes of keys and items, in file order)."""
+
+    key: tuple[int, ...]
+    problem: PlanProblem
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read, parse and validate a plan file; the plan remembers where it came from."""
+    source = os.fspath(path)
+    return parse_plan(_read(Path(path), source), source).with_source(Path(path))
+
+
+def parse_plan(text: str | bytes, source: str) -> Plan:
+    """Parse and validate the text of a plan file; `source` names the file in messages."""
+    decoded = _decode(text, source)
+    data = _load_yaml(decoded, source)
+    if data is None and decoded.strip():
+        _fail(source, "holds no plan (only comments or null); it needs at least name and subplans")
+    return plan_from_data(data, source)
+
+
+def plan_from_data(data: object, source: str) -> Plan:
+    """Validate data already loaded (the dict YAML or JSON gives) into a Plan."""
+    if data is None:
+        _fail(source, "is empty; a plan needs at least name and subplans")
+    if not isinstance(data, dict):
+        _fail(source, f"must be a mapping with name and subplans, got {_kind_of(data)}")
+    shape = _shape_problem(data)
+    if shape is not None:
+        _fail(source, shape)
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        # Field errors stop pydantic before the model's structural check: do that pass here.
+        located = [*_translate(exc, data), *_structure(data)]
+    except PlanValidationError as exc:
+        located = _structure(data)
+        known = {item.problem for item in located}
+        located += [_Located(_LAST, p) for p in exc.problems if p not in known]
+    raise PlanValidationError(source, _finish(located))
+
+
+def _fail(source: str, message: str) -> NoReturn:
+    raise PlanValidationError(source, [PlanProblem("", None, message)])
+
+
+def _finish(located: list[_Located]) -> list[PlanProblem]:
+    """Deduplicate, order by position in the file, and cap the list."""
+    seen: set[PlanProblem] = set()
+    unique: list[_Located] = []
+    for item in located:
+        if item.problem not in seen:
+            seen.add(item.problem)
+            unique.append(item)
+    unique.sort(key=lambda item: item.key)
+    problems = [item.problem for item in unique[:MAX_PROBLEMS]]
+    if len(unique) > MAX_PROBLEMS:
+        more = len(unique) - MAX_PROBLEMS
+        problems.append(PlanProblem("", None, f"... and {more} more problem(s) not shown"))
+    return problems
+
+
+# --------------------------------------------------------------------------- bytes -> YAML data
+
+
+def _read(path: Path, source: str) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        _fail(source, "no such file")
+    except IsADirectoryError:
+        _fail(source, "is a directory, not a plan file")
+    except PermissionError:
+        _fail(source, "cannot be read: permission denied")
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        _fail(source, f"cannot be read: {reason}")
+
+
+def _decode(text: str | bytes, source: str) -> str:
+    if len(text) > MAX_BYTES:
+        _fail(source, f"is too large: more than {MAX_BYTES // (1024 * 1024)} MB")
+    if isinstance(text, bytes):
+        if b"\x00" in text:
+            _fail(source, "is a binary file, not YAML text")
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            _fail(source, f"is not UTF-8 text (byte 0x{text[exc.start]:02x} at offset {exc.start})")
+    if "\x00" in text:
+        _fail(source, "is a binary file, not YAML text")
+    return text.removeprefix("\ufeff")
+
+
+class _SourceError(Exception):
+    """A problem found while reading YAML, at a place in the text."""
+
+    def __init__(self, message: str, mark: Mark | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.mark = mark
+
+
+def _at(mark: Mark | None) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and deep nesting with the line where they are."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                self.check_event(yaml.NodeEvent)  # makes `current_event` the next one
+                mark: Mark = self.current_event.start_mark
+                raise _SourceError(f"nested deeper than {MAX_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        first: dict[Any, Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` may override keys on purpose
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                break  # the base class reports the unhashable key
+            if key in first:
+                raise _SourceError(
+                    f"duplicate key {_show(key)} (first at line {first[key].line + 1})",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # more digits than int() may convert
+            raise _SourceError(
+                f"number with {len(str(node.value))} digits is too large", node.start_mark
+            ) from None
+
+    def construct_yaml_timestamp(self, node: ScalarNode) -> date:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except (ValueError, OverflowError) as exc:
+            raise _SourceError(
+                f"{node.value!r} looks like a date but is not one ({exc}); quote it",
+                node.start_mark,
+            ) from None
+
+
+_PlanLoader.add_constructor("tag:yaml.org,2002:int", _PlanLoader.construct_yaml_int)
+_PlanLoader.add_constructor("tag:yaml.org,2002:timestamp", _PlanLoader.construct_yaml_timestamp)
+
+
+def _load_yaml(text: str, source: str) -> object:
+    loader: _PlanLoader | None = None
+    try:
+        loader = _PlanLoader(text)
+        return loader.get_single_data()
+    except _SourceError as exc:
+        _fail(source, f"{_at(exc.mark)}{exc.message}")
+    except yaml.composer.ComposerError as exc:
+        if exc.problem == "but found another document":
+            _fail(
+                source,
+                f"{_at(exc.problem_mark)}a second YAML document starts here; a plan file holds one",
+            )
+        _fail(source, f"{_at(exc.problem_mark)}not valid YAML: {_yaml_reason(exc)}")
+    except yaml.MarkedYAMLError as exc:
+        _fail(source, f"{_at(exc.problem_mark)}not valid YAML: {_yaml_reason(exc)}")
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        _fail(source, f"line {line}, column {column}: character U+{char:04X} is not allowed")
+    except yaml.YAMLError as exc:
+        _fail(source, f"not valid YAML: {exc}")
+    except RecursionError:  # e.g. thousands of chained `<<` merges
+        _fail(source, "is nested too deeply to read")
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _yaml_reason(exc: yaml.MarkedYAMLError) -> str:
+    reason = exc.problem or "syntax error"
+    if "\\t" in reason or "\t" in reason:
+        reason += " (indent with spaces; YAML does not allow tabs)"
+    if exc.context:
+        where = exc.context_mark
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        reason += f" ({exc.context}{at})"
+    return reason
+
+
+def _kind_of(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return "a list"
+    return _show(value)
+
+
+def _children(value: object) -> list[object] | None:
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    if isinstance(value, list | tuple | set | frozenset):
+        return list(value)
+    return None
+
+
+def _shape_problem(data: object) -> str | None:
+    """Depth, size after expanding shared values, and cycles; iterative and linear."""
+    done: dict[int, tuple[int, int]] = {}  # id -> (depth, values), for values reached twice
+    active: set[int] = {id(data)}
+    stack: list[tuple[object, list[object], int, list[int]]] = []
+    first = _children(data)
+    if first is None:
+        return None
+    stack.append((data, first, 0, [1, 1]))
+    while stack:
+        node, kids, pos, acc = stack[-1]
+        if pos < len(kids):
+            stack[-1] = (node, kids, pos + 1, acc)
+            kid = kids[pos]
+            grandkids = _children(kid)
+            if grandkids is None:
+                acc[1] += 1
+            elif id(kid) in active:
+                return "contains a value that contains itself (a YAML alias inside its anchor)"
+            elif id(kid) in done:
+                depth, values = done[id(kid)]
+                acc[0] = max(acc[0], depth + 1)
+                acc[1] += values
+            elif len(stack) >= MAX_DEPTH:
+                return f"is nested deeper than {MAX_DEPTH} levels"
+            else:
+                active.add(id(kid))
+                stack.append((kid, grandkids, 0, [1, 1]))
+            continue
+        stack.pop()
+        active.discard(id(node))
+        done[id(node)] = (acc[0], acc[1])
+        if acc[1] > MAX_VALUES:
+            return f"is too large: more than {MAX_VALUES:,} values once YAML aliases are expanded"
+        if stack:
+            parent = stack[-1][3]
+            parent[0] = max(parent[0], acc[0] + 1)
+            parent[1] += acc[1]
+    return None
+
+
+# --------------------------------------------------------------------------- pydantic -> problems
+
+
+@cache
+def _schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """JSON schemas of Plan and Subplan: what is allowed, described from the models themselves."""
+    plan = Plan.model_json_schema(by_alias=True)
+    return plan, plan["$defs"]["Subplan"]
+
+
+def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = _schemas()[0]["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if "anyOf" in schema:
+        branches = [_resolve(b) for b in schema["anyOf"] if b.get("type") != "null"]
+        return branches[0] if len(branches) == 1 else {"anyOf": branches}
+    return schema
+
+
+def _allowed_keys(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _describe(schema: dict[str, Any]) -> tuple[str, str]:
+    """(what it must be, its range): ("an integer", "between 1 and 32")."""
+    if "anyOf" in schema:
+        return " or ".join(" ".join(filter(None, _describe(b))) for b in schema["anyOf"]), ""
+    if "const" in schema:
+        return _show(schema["const"]), ""
+    if "enum" in schema:
+        return "one of " + ", ".join(str(v) for v in schema["enum"]), ""
+    kind = schema.get("type")
+    if kind in ("integer", "number"):
+        low, high = schema.get("minimum"), schema.get("maximum")
+        above = schema.get("exclusiveMinimum")
+        if low is not None and high is not None:
+            limits = f"between {low} and {high}"
+        elif above is not None:
+            limits = f"greater than {above}"
+        else:
+            limits = f"at least {low}" if low is not None else ""
+        return ("an integer" if kind == "integer" else "a number"), limits
+    if kind == "string":
+        pattern = schema.get("pattern")
+        if pattern == NAME_PATTERN:
+            return "1 to 64 characters, each a letter, digit, _, . or -", ""
+        if pattern == CALL_PATTERN:
+            return "'module:attribute' (e.g. shop.reports:build)", ""
+        if pattern:
+            return f"a string matching {pattern}", ""
+        return ("a non-empty string" if schema.get("minLength") else "a string"), ""
+    if kind == "array":
+        noun = _plural(_resolve(schema.get("items", {})))
+        return (
+            f"a non-empty list of {noun}" if schema.get("minItems") else f"a list of {noun}"
+        ), ""
+    if kind == "object":
+        if "properties" in schema:
+            return "a mapping (a subplan with a name and one of run, call, subplans)", ""
+        values = schema.get("additionalProperties")
+        if isinstance(values, dict) and values:
+            return f"a mapping of names to {_plural(_resolve(values))}", ""
+        return "a mapping", ""
+    return "a valid value", ""
+
+
+def _plural(schema: dict[str, Any]) -> str:
+    if schema.get("type") == "string":
+        return "names" if schema.get("pattern") == NAME_PATTERN else "strings"
+    return "subplans" if "properties" in schema else "values"
+
+
+def _translate(exc: ValidationError, data: dict[Any, Any]) -> list[_Located]:
+    index: dict[int, dict[Any, int]] = {}
+    return [_problem_of(error, data, index) for error in exc.errors(include_url=False)]
+
+
+def _key_index(container: object, step: object, index: dict[int, dict[Any, int]]) -> int | None:
+    """Position of a key or item in its container (file order), if it is there."""
+    if isinstance(container, dict):
+        positions = index.get(id(container))
+        if positions is None:
+            positions = index[id(container)] = {k: i for i, k in enumerate(container)}
+        return positions.get(step)
+    if isinstance(container, list | tuple) and isinstance(step, int) and step < len(container):
+        return step
+    return None
+
+
+def _step(container: object, step: object) -> tuple[bool, object]:
+    if isinstance(container, dict) and step in container:
+        return True, container[step]
+    if isinstance(container, list | tuple) and isinstance(step, int) and step < len(container):
+        return True, container[step]
+    return False, None
+
+
+def _segment(child: object, position: int) -> str:
+    name = child.get("name") if isinstance(child, dict) else None
+    if isinstance(name, str) and re.fullmatch(NAME_PATTERN, name):
+        return name
+    return f"subplans[{position}]"
+
+
+def _problem_of(
+    error: ErrorDetails, data: dict[Any, Any], index: dict[int, dict[Any, int]]
+) -> _Located:
+    loc, kind = error["loc"], error["type"]
+    node: object = data
+    model: type[BaseModel] = Plan
+    schema = _schemas()[0]
+    parts: list[str] = []
+    key: list[int] = []
+    at = 0
+    # Walk down through subplans while more of the location follows the subplan's index.
+    while at + 2 < len(loc) and loc[at] == "subplans" and isinstance(loc[at + 1], int):
+        for step in loc[at : at + 2]:
+            position = _key_index(node, step, index)
+            key.extend([position] if position is not None else [])
+            node = _step(node, step)[1]
+        parts.append(_segment(node, int(loc[at + 1])))
+        model, schema, at = Subplan, _schemas()[1], at + 2
+    path, rest = "/".join(parts), loc[at:]
+
+    if kind in ("extra_forbidden", "invalid_key"):
+        unknown = rest[-1] if rest else "?"
+        position = _key_index(node, unknown, index)
+        key.extend([position] if position is not None else [])
+        return _Located(tuple(key), PlanProblem(path, None, _unknown_key(unknown, model)))
+
+    field = str(rest[0]) if rest else "?"
+    if kind == "missing":
+        return _Located(tuple(key), PlanProblem(path, field, "is required"))
+
+    # Follow the rest of the location into the field's value (list items, mapping values).
+    found, value = True, error["input"]
+    field_schema = _resolve(schema["properties"].get(field, {}))
+    label, union = field, False
+    on_key = len(rest) >= 3 and rest[-1] == "[key]"  # (field, ..., the key, "[key]")
+    for depth, step in enumerate(rest[:-2] if on_key else rest):
+        if depth > 0:
+            if "anyOf" in field_schema:
+                union = True
+                break
+            nested = field_schema.get("items") if isinstance(step, int) else None
+            nested = nested or field_schema.get("additionalProperties")
+            field_schema = _resolve(nested) if isinstance(nested, dict) else {}
+            label += f"[{step}]" if isinstance(step, int) else _dotted(str(step))
+        position = _key_index(node, step, index) if found else None
+        key.extend([position] if position is not None else [])
+        found, node = _step(node, step) if found else (False, None)
+    if found and not on_key:
+        value = node
+    if "anyOf" in field_schema:
+        union = True
+
+    if on_key:
+        message = f"keys must be strings, got {_show(value)}"
+    elif kind in _EMPTY_ERRORS and not union:
+        message = "must not be empty"
+    else:
+        what, limits = _describe(field_schema)
+        if field == "env" and label != field:
+            what = "a string or a number"
+        if kind in _RANGE_ERRORS and limits and not union:
+            message = f"must be {limits}, got {_show(value)}"
+        else:
+            message = f"must be {' '.join(filter(None, (what, limits)))}, got {_show(value)}"
+        message += _hint(field_schema, value)
+    return _Located(tuple(key), PlanProblem(path, label, message))
+
+
+def _dotted(key: str) -> str:
+    return f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) else f"[{key!r}]"
+
+
+def _hint(schema: dict[str, Any], value: object) -> str:
+    if "enum" in schema and isinstance(value, str):
+        close = difflib.get_close_matches(value, [str(v) for v in schema["enum"]], n=1)
+        return f" (did you mean {close[0]!r}?)" if close else ""
+    wants_text = schema.get("type") == "string" or any(
+        b.get("type") == "string" for b in schema.get("anyOf", [])
+    )
+    if wants_text and isinstance(value, bool | int | float | date):
+        return " (quote it to make it a string)"
+    return ""
+
+
+def _unknown_key(key: object, model: type[BaseModel]) -> str:
+    allowed = _allowed_keys(model)
+    if not isinstance(key, str):
+        return f"unknown key {_show(key)}; keys are names: {', '.join(allowed)}"
+    close = difflib.get_close_matches(key.lower(), allowed, n=1) if len(key) <= 100 else []
+    if close:
+        return f"unknown key {_show(key)} (did you mean {close[0]!r}?)"
+    other = Subplan if model is Plan else Plan
+    if key in _allowed_keys(other):
+        where = "a subplan" if other is Subplan else "the top level of the plan"
+        return f"unknown key {_show(key)} here (only {where} has it)"
+    return f"unknown key {_show(key)} (allowed: {', '.join(allowed)})"
+
+
+def _show(value: object, depth: int = 0) -> str:
+    """A short, YAML-flavoured rendering of a found value; bounded whatever the value is."""
+    text = _show_inner(value, depth)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _show_inner(value: object, depth: int) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if value.bit_length() > 200:
+            return f"a number with about {int(value.bit_length() * 0.30103) + 1} digits"
+        return str(value)
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else f"{value[:60]!r}... ({len(value)} characters)"
+    if isinstance(value, float | date):
+        return str(value)
+    if isinstance(value, dict):
+        if depth >= 2:
+            return "{...}"
+        items = [
+            f"{_show_inner(k, 2)}: {_show_inner(v, depth + 1)}" for k, v in islice(value.items(), 4)
+        ]
+        return "{" + ", ".join(items) + (", ..." if len(value) > 4 else "") + "}"
+    if isinstance(value, list | tuple):
+        if depth >= 2:
+            return "[...]"
+        items = [_show_inner(v, depth + 1) for v in islice(value, 4)]
+        return "[" + ", ".join(items) + (", ..." if len(value) > 4 else "") + "]"
+    return f"a {type(value).__name__}"
+
+
+# --------------------------------------------------------------------------- structure of raw data
+
+
+def _get(child: dict[Any, Any], field: str) -> object:
+    """A subplan field by alias or by name, as the model reads it (populate_by_name)."""
+    alias = Subplan.model_fields[field].alias
+    if alias is not None and child.get(alias) is not None:
+        return child.get(alias)
+    return child.get(field)
+
+
+def _structure(data: dict[Any, Any]) -> list[_Located]:
+    """The model's structural checks (same messages) over raw data that failed field checks."""
+    out: list[_Located] = []
+    index: dict[int, dict[Any, int]] = {}
+    children = data.get("subplans")
+    if isinstance(children, list):
+        base = _key_index(data, "subplans", index)
+        _structure_group(children, "", (base if base is not None else 0,), out, index)
+    return out
+
+
+def _structure_group(
+    children: list[Any],
+    prefix: str,
+    base: tuple[int, ...],
+    out: list[_Located],
+    index: dict[int, dict[Any, int]],
+) -> None:
+    members = [(i, c) for i, c in enumerate(children) if isinstance(c, dict)]
+    seen: set[str] = set()
+    needs_of: dict[str, list[str]] = {}
+
+    def add(i: int, child: dict[Any, Any], field: str | None, message: str) -> None:
+        field_position = _key_index(child, field, index) if field else None
+        where = (*base, i, *([field_position] if field_position is not None else []))
+        out.append(_Located(where, PlanProblem(prefix + _segment(child, i), field, message)))
+
+    for i, child in members:
+        name = child.get("name")
+        if isinstance(name, str) and name in seen:
+            add(i, child, "name", "is used by more than one sibling")
+        if isinstance(name, str):
+            seen.add(name)
+        kinds = [k for k in ("run", "call", "subplans") if child.get(k) is not None]
+        if len(kinds) != 1:
+            found = " and ".join(kinds) if kinds else "none of them"
+            add(i, child, None, f"needs exactly one of run, call, subplans; found {found}")
+        if _get(child, "with_") is not None and child.get("call") is None:
+            add(i, child, "with", "is only allowed together with call")
+        subplans = child.get("subplans")
+        if subplans is None:
+            for field in ("max_parallel", "failure_mode"):
+                if child.get(field) is not None:
+                    add(i, child, field, "only applies to a group (a subplan with subplans)")
+        else:
+            if isinstance(subplans, list) and not subplans:
+                add(i, child, "subplans", "must not be empty")
+            retries = child.get("retries")
+            if isinstance(retries, int) and not isinstance(retries, bool) and retries:
+                add(i, child, "retries", "only applies to run and call steps, not groups")
+        raw_needs = child.get("needs")
+        needs = [d for d in raw_needs if isinstance(d, str)] if isinstance(raw_needs, list) else []
+        if len(set(needs)) != len(needs):
+            add(i, child, "needs", "lists a sibling more than once")
+        if isinstance(name, str):
+            if name in needs:
+                add(i, child, "needs", "names the subplan itself")
+            needs_of[name] = [d for d in needs if d != name]
+    for i, child in members:
+        raw_needs = child.get("needs")
+        if not isinstance(raw_needs, list):
+            continue
+        for dep in raw_needs:
+            if isinstance(dep, str) and dep not in seen:
+                others = ", ".join(sorted(seen - {child.get("name")})) or "no siblings"
+                add(i, child, "needs", f"names unknown sibling {dep!r} (siblings: {others})")
+    cycle = find_cycle(needs_of)
+    if cycle is not None:
+        where = PlanProblem(prefix.rstrip("/"), "needs", f"form a cycle: {' -> '.join(cycle)}")
+        out.append(_Located((*base, len(children)), where))
+    for i, child in members:
+        grandchildren = child.get("subplans")
+        if isinstance(grandchildren, list) and grandchildren:
+            position = _key_index(child, "subplans", index)
+            inner = (*base, i, position if position is not None else 0)
+            _structure_group(grandchildren, f"{prefix}{_segment(child, i)}/", inner, out, index)
