@@ -5,6 +5,7 @@
     │   ├── PlanValidationError      a plan file or Plan object breaks the schema
     │   ├── ConfigError              a configuration value is missing, malformed or out of range
     │   └── NotFoundError            an id (run, job) that the store does not know
+    │       └── RunNotFoundError
     ├── ExecutionError               the work itself failed
     │   ├── SubplanExecutionError    one subplan failed (fail_fast)
     │   └── AggregateSubplanError    several failed (continue_on_error); carries each failure
@@ -12,10 +13,14 @@
     ├── InvalidTransitionError       a state change not in the transition table
     │   └── InvalidJobTransitionError
     ├── StoreError                   the database failed (driver errors are translated into this)
+    │   ├── StoreUnavailableError    the server cannot be reached, or refused the login
+    │   ├── StoreURLError            exit 2: unknown scheme, malformed URL, driver not installed
+    │   ├── NotADatabaseError        exit 2: an existing file that is not an engine store (untouched)
+    │   └── SchemaVersionError       exit 2: schema newer than this engine, or not upgraded yet
     ├── LockError
     │   ├── LockConflictError        exit 3: another owner holds the resource
     │   └── LockExpiredError         a held lock expired or was taken over
-    └── DelegationRejected           in-process delegation at capacity
+    └── DelegationRejected           in-process delegation at capacity (or its owner closing)
 
 Each class's docstring is its default message.
 """
@@ -65,6 +70,16 @@ class NotFoundError(InputError):
     """No such id."""
 
 
+class RunNotFoundError(NotFoundError):
+    """No such run."""
+
+    def __init__(self, run_id: str, where: str | None = None) -> None:
+        self.run_id = run_id
+        self.where = where
+        suffix = f" in {where}" if where else ""
+        super().__init__(f"no run {run_id!r}{suffix} (see `python -m engine runs list`)")
+
+
 class ExecutionError(EngineError):
     """The work failed."""
 
@@ -109,6 +124,38 @@ class StoreError(EngineError):
     """The store failed."""
 
 
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached."""
+
+
+class StoreURLError(StoreError):
+    """The database URL is not one the engine can use."""
+
+    exit_code = 2
+
+
+class NotADatabaseError(StoreError):
+    """The file is not an engine database; it was left untouched."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}; the file was left untouched")
+
+
+class SchemaVersionError(StoreError):
+    """The database schema is not the one this engine needs."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, current: str | None, expected: str) -> None:
+        self.current = current
+        self.expected = expected
+        super().__init__(message)
+
+
 class LockError(EngineError):
     """A lock operation failed."""
 
@@ -125,3 +172,17 @@ class LockExpiredError(LockError):
 
 class DelegationRejected(EngineError):
     """At capacity: wait for a running delegation to finish, or run the work synchronously."""
+
+    def __init__(self, limit: int, running: int, *, closed: bool = False) -> None:
+        self.limit = limit
+        self.running = running
+        #: True when rejected because the owner is closing, not because of the cap.
+        self.closed = closed
+        if closed:
+            message = "delegation rejected: the engine is closing; run the work synchronously"
+        else:
+            message = (
+                f"delegation rejected: {running} of {limit} delegations are running (the cap); "
+                "wait for one to finish, or run the work synchronously"
+            )
+        super().__init__(message)

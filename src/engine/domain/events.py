@@ -10,9 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic_core import to_jsonable_python
 
-from engine.domain.states import RunState, SubplanState
+from engine.domain.states import DelegationState, RunState, SubplanState
 
 EVENT_SCHEMA_VERSION = 1
 
@@ -52,7 +53,7 @@ class SubplanStateChanged(Event):
 
 
 class SubplanAttemptFailed(Event):
-    """An attempt failed and another follows after `retry_in` seconds (the subplan stays running)."""
+    """An attempt failed; another follows after `retry_in` seconds (the subplan stays running)."""
 
     type: Literal["subplan.retry"] = "subplan.retry"
     path: str
@@ -62,3 +63,62 @@ class SubplanAttemptFailed(Event):
 
 
 AnyEvent = RunStateChanged | SubplanStateChanged | SubplanAttemptFailed
+
+
+# --- Delegations (in-process background work; see engine.delegation) -------------------------
+
+
+class DelegationStateChanged(Event):
+    """A delegation changed state; `from` is absent on the first event (dispatch -> running).
+
+    `seq` counts per delegation. `error` is redacted; `reason` says why it was cancelled.
+    """
+
+    type: Literal["delegation.state"] = "delegation.state"
+    delegation_id: str
+    goal: str
+    from_: DelegationState | None = Field(default=None, alias="from")
+    to: DelegationState
+    error: str | None = None
+    reason: str | None = None
+    duration: float | None = None
+
+
+class DelegationCompleted(Event):
+    """The self-contained outcome of one delegation, put on the completion queue exactly once.
+
+    Carries everything needed to act on it long after dispatch: the caller's goal, context and
+    metadata, the final status, the result (in-process only) and a redacted summary of it, the
+    redacted error, and the times. `at` equals `completed_at`.
+    """
+
+    type: Literal["delegation.completed"] = "delegation.completed"
+    delegation_id: str
+    goal: str
+    #: What ran: a callable's qualified name, a plan's name or a plan file's path.
+    work: str
+    context: Any = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    status: DelegationState
+    #: The work's return value (a `RunResult` for plans); in-process only, never serialized.
+    result: Any = Field(default=None, exclude=True, repr=False)
+    #: A short, redacted text form of `result` (what `--events` and logs see).
+    result_summary: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    reason: str | None = None
+    dispatched_at: datetime
+    completed_at: datetime
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status is DelegationState.SUCCEEDED
+
+    @field_serializer("context", "metadata", when_used="json")
+    def _jsonable(self, value: Any) -> Any:
+        """The caller's values may hold anything; JSON gets their `repr` where it must."""
+        return to_jsonable_python(value, fallback=repr)
+
+
+AnyDelegationEvent = DelegationStateChanged | DelegationCompleted

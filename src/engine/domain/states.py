@@ -66,3 +66,26 @@ RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.FAILED: frozenset(),
     RunState.CANCELLED: frozenset(),
 }
+
+
+class DelegationState(StrEnum):
+    #: The work is executing in the owner's task group (a delegation starts here).
+    RUNNING = "running"
+    #: The work returned (a plan run that completed).
+    SUCCEEDED = "succeeded"
+    #: The work raised, or a plan run did not complete.
+    FAILED = "failed"
+    #: Stopped by `cancel`, `interrupt_all` or the close of its owner.
+    CANCELLED = "cancelled"
+
+
+TERMINAL_DELEGATION_STATES: frozenset[DelegationState] = frozenset(
+    {DelegationState.SUCCEEDED, DelegationState.FAILED, DelegationState.CANCELLED}
+)
+
+DELEGATION_TRANSITIONS: dict[DelegationState, frozenset[DelegationState]] = {
+    DelegationState.RUNNING: TERMINAL_DELEGATION_STATES,
+    DelegationState.SUCCEEDED: frozenset(),
+    DelegationState.FAILED: frozenset(),
+    DelegationState.CANCELLED: frozenset(),
+}
