@@ -5,8 +5,8 @@ their completions.
 
 One job is an async function, the other a plan; both run in the delegator's task group, so
 leaving the `async with` block cancels whatever is still running (nothing is leaked).
-Once `Engine` exposes delegation (see `engine.delegation`), `delegator.delegate(...)` becomes
-`eng.delegate(...)` and `delegator.completions()` becomes `eng.completions()`.
+Once `Engine` exposes delegation (see `engine.delegation`), `eng.delegate(...)` becomes
+`eng.delegate(...)` and `eng.completions()` becomes `eng.completions()`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import sys
 import anyio
 
 import engine
-from engine.delegation import Delegator
 
 NIGHTLY_CHECKS = engine.Plan.model_validate(
     {
@@ -36,28 +35,25 @@ async def fetch_prices(symbols: list[str]) -> dict[str, float]:
 
 
 async def main() -> int:
-    async with (
-        engine.Engine() as eng,
-        Delegator(run_plan=eng.run_plan, clock=eng.clock, bus=eng.bus) as delegator,
-    ):
-        prices = delegator.delegate(
+    async with engine.Engine() as eng:
+        prices = eng.delegate(
             lambda: fetch_prices(["ACME", "INITECH"]),
             goal="fetch today's prices",
             context={"asked_by": "ada", "reply_to": "thread-42"},
             metadata={"priority": "high"},
         )
-        checks = delegator.delegate(
+        checks = eng.delegate(
             NIGHTLY_CHECKS, goal="run the nightly checks", context={"channel": "#ops"}
         )
         print(f"delegated {prices.id} and {checks.id}; carrying on meanwhile")
 
         for step in range(1, 4):  # the application's own work
             await anyio.sleep(0.05)
-            running = delegator.statistics().running
+            running = eng.delegation_statistics().running
             print(f"  own work, step {step}: {running} delegation(s) running")
 
         remaining = 2
-        async for done in delegator.completions():
+        async for done in eng.completions():
             outcome = done.result_summary if done.ok else done.error
             print(
                 f"completed: {done.goal!r} -> {done.status.value} in {done.duration:.2f}s\n"
@@ -67,7 +63,7 @@ async def main() -> int:
             remaining -= 1
             if remaining == 0:
                 break
-        print(f"statistics: {delegator.statistics()}")
+        print(f"statistics: {eng.delegation_statistics()}")
     return 0
 
 

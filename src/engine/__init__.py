@@ -8,35 +8,58 @@ events, durable state, TTL locks and background jobs.
     result = await engine.run_plan("plan.yaml")
 """
 
-from engine.app import Engine, run_plan
+from engine.app import Engine, PreparedRun, run_plan
 from engine.config import Settings, load_settings
+from engine.delegation import (
+    CompletionStream,
+    DelegationHandle,
+    DelegationSettings,
+    DelegationStatistics,
+    Delegator,
+)
+from engine.dispatch.dispatcher import ParallelSubplanDispatcher
 from engine.dispatch.fast import dispatch
 from engine.dispatch.limiter import AsyncSemaphoreLimiter
-from engine.dispatch.dispatcher import ParallelSubplanDispatcher
 from engine.dispatch.tracker import SubplanTracker
 from engine.domain.events import (
     EVENT_SCHEMA_VERSION,
+    DelegationCompleted,
+    DelegationStateChanged,
     Event,
     RunStateChanged,
     SubplanAttemptFailed,
     SubplanStateChanged,
 )
+from engine.domain.lock import LockKind, LockRecord, Owner, Resource
 from engine.domain.plan import ParallelExecutionConfig, Plan, Subplan
 from engine.domain.results import RunResult, SubplanResult
-from engine.domain.states import FailureMode, RunState, SubplanState
+from engine.domain.states import DelegationState, FailureMode, RunState, SubplanState
 from engine.errors import (
     AggregateSubplanError,
     ConfigError,
+    DelegationRejected,
     EngineError,
     InputError,
     InvalidTransitionError,
+    LockConflictError,
+    LockError,
+    LockExpiredError,
+    LockNotFoundError,
+    NotADatabaseError,
     NotFoundError,
     PlanValidationError,
     RunCancelledError,
+    RunNotFoundError,
+    SchemaVersionError,
+    StoreError,
+    StoreUnavailableError,
+    StoreURLError,
     SubplanExecutionError,
 )
+from engine.locks import LockService
 from engine.planfile import load_plan
 from engine.ports.clock import Clock, SystemClock
+from engine.ports.store import RunRecord, Store, SubplanRecord
 
 __version__ = "0.1.0"
 
@@ -45,26 +68,54 @@ __all__ = [
     "AggregateSubplanError",
     "AsyncSemaphoreLimiter",
     "Clock",
+    "CompletionStream",
     "ConfigError",
+    "DelegationCompleted",
+    "DelegationHandle",
+    "DelegationRejected",
+    "DelegationSettings",
+    "DelegationState",
+    "DelegationStateChanged",
+    "DelegationStatistics",
+    "Delegator",
     "Engine",
     "EngineError",
     "Event",
     "FailureMode",
     "InputError",
     "InvalidTransitionError",
+    "LockConflictError",
+    "LockError",
+    "LockExpiredError",
+    "LockKind",
+    "LockNotFoundError",
+    "LockRecord",
+    "LockService",
+    "NotADatabaseError",
     "NotFoundError",
+    "Owner",
     "ParallelExecutionConfig",
     "ParallelSubplanDispatcher",
     "Plan",
     "PlanValidationError",
+    "PreparedRun",
+    "Resource",
     "RunCancelledError",
+    "RunNotFoundError",
+    "RunRecord",
     "RunResult",
     "RunState",
     "RunStateChanged",
+    "SchemaVersionError",
     "Settings",
+    "Store",
+    "StoreError",
+    "StoreURLError",
+    "StoreUnavailableError",
     "Subplan",
     "SubplanAttemptFailed",
     "SubplanExecutionError",
+    "SubplanRecord",
     "SubplanResult",
     "SubplanState",
     "SubplanStateChanged",

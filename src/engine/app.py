@@ -2,33 +2,65 @@
 
 `Engine` is the long-lived object an async application holds; `run_plan` executes one plan and
 returns a `RunResult`. The CLI builds on the same two.
+
+Every run is recorded in the engine's store (`engine.ports.store`): a database named by
+`database_url` (the CLI passes `settings.database.url`), or in memory when none is given. The
+`Recorder` writes behind the dispatcher; its flusher task belongs to the engine's task group,
+which `async with Engine(...)` opens and closes.
+
+Locks (`engine.locks`): a run holds `plan:<name>` (and `project:<project>`) from before it is
+recorded until its terminal state is; subplans that declare `locks` hold theirs around their
+execution. Opening the engine purges expired locks.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 from ulid import ULID
 
-from engine.config import Settings, load_settings
+from engine.config import DEFAULT_DATABASE_URL, Settings, load_settings
+from engine.delegation import (
+    CompletionStream,
+    DelegationHandle,
+    DelegationSettings,
+    DelegationStatistics,
+    Delegator,
+    Work,
+)
 from engine.dispatch.dispatcher import DispatchSettings, ParallelSubplanDispatcher
 from engine.dispatch.tracker import SubplanTracker
 from engine.domain.events import Event
+from engine.domain.lock import Owner
 from engine.domain.plan import ParallelExecutionConfig, Plan
 from engine.domain.results import RunResult, SubplanResult
 from engine.domain.states import FailureMode, RunState
-from engine.errors import AggregateSubplanError, RunCancelledError, SubplanExecutionError
+from engine.errors import (
+    AggregateSubplanError,
+    LockExpiredError,
+    RunCancelledError,
+    RunNotFoundError,
+    SubplanExecutionError,
+)
 from engine.events import EventBus
+from engine.ids import new_ids
+from engine.locks.enforce import SubplanLocks, declares_locks, run_claims
+from engine.locks.service import LockService
 from engine.planfile import load_plan
 from engine.ports.clock import Clock, SystemClock
+from engine.ports.store import RunRecord, Store, SubplanRecord
+from engine.recorder import Recorder
+from engine.resume import PlanSnapshot, ResumePoint, mark_kept, resume_point
+from engine.store import MemoryStore, open_store
 
 PlanSource = Plan | str | os.PathLike[str]
 
@@ -37,19 +69,102 @@ def new_id() -> str:
     return str(ULID())
 
 
+def database_url_for(settings: Settings) -> str:
+    """The configured database URL; the default SQLite file follows `data_dir`."""
+    url = settings.database.url
+    if url == DEFAULT_DATABASE_URL and settings.data_dir != ".engine":
+        return f"sqlite+aiosqlite:///{Path(settings.data_dir) / 'engine.db'}"
+    return url
+
+
 class Engine:
-    """An engine instance: settings, clock, event bus (and, with the store, a database).
+    """An engine instance: settings, clock, event bus and the store every run is recorded in.
 
     Use as `async with Engine() as eng:`; everything it starts is owned by it and stopped when
-    the block exits.
+    the block exits. `database_url` names the store (`sqlite+aiosqlite:///...`,
+    `postgresql+asyncpg://...`), opened on entry and closed on exit; a `store` object is used as
+    given (and left open: it is the caller's); with neither, runs are kept in memory, for this
+    Engine's lifetime.
     """
 
-    def __init__(self, settings: Settings | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        database_url: str | None = None,
+        store: Store | None = None,
+        clock: Clock | None = None,
+        purge_expired_locks: bool = True,
+        delegation: DelegationSettings | None = None,
+    ) -> None:
+        if database_url is not None and store is not None:
+            raise ValueError("give Engine a database_url or a store, not both")
         self.settings = settings if settings is not None else load_settings()
         self.clock: Clock = clock or SystemClock()
         self.bus = EventBus()
+        self.database_url = database_url
+        self._store: Store | None = store
+        if store is None and database_url is None:
+            self._store = MemoryStore()
+        self._stack: AsyncExitStack | None = None
+        self._tg: TaskGroup | None = None
+        self._recorder: Recorder | None = None
+        self._locks: LockService | None = None
+        #: Whether opening purges expired locks (`locks list` opens without, to show them).
+        self.purge_expired_locks = purge_expired_locks
+        self._delegation_settings = delegation or DelegationSettings()
+        self._delegator: Delegator | None = None
+        #: Closed first on exit, so cancelled delegated runs are still recorded.
+        self._delegation_stack: AsyncExitStack | None = None
+
+    @property
+    def store(self) -> Store:
+        """Where runs are recorded (a database store exists only while the engine is open)."""
+        if self._store is None:
+            raise RuntimeError("the engine's database opens with `async with Engine(...)`")
+        return self._store
+
+    @property
+    def locks(self) -> LockService:
+        """The TTL locks in this engine's store (while the engine is open)."""
+        if self._locks is None:
+            raise RuntimeError("the engine's locks are available inside `async with Engine(...)`")
+        return self._locks
+
+    @property
+    def is_open(self) -> bool:
+        return self._stack is not None
 
     async def __aenter__(self) -> Engine:
+        if self._stack is not None:
+            raise RuntimeError("this Engine is open already")
+        async with AsyncExitStack() as stack:
+            if self._store is None:
+                assert self.database_url is not None
+                store = await open_store(self.database_url)
+                self._store = store
+                stack.push_async_callback(self._close_store, store)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            recorder = Recorder(self._store)
+            await self._tg.start(recorder.run)
+            stack.enter_context(self.bus.listening(recorder))
+            self._recorder = recorder
+            self._locks = LockService(self._store, self.clock)
+            if self.purge_expired_locks:
+                await self._locks.cleanup_expired()
+            delegation_stack = AsyncExitStack()
+            stack.push_async_callback(delegation_stack.aclose)
+            self._delegator = await delegation_stack.enter_async_context(
+                Delegator(
+                    run_plan=self.run_plan,
+                    clock=self.clock,
+                    bus=self.bus,
+                    settings=self._delegation_settings,
+                    task_group=self._tg,
+                )
+            )
+            self._delegation_stack = delegation_stack
+            self._stack = stack.pop_all()
         return self
 
     async def __aexit__(
@@ -58,7 +173,69 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        stack, recorder = self._stack, self._recorder
+        delegation_stack = self._delegation_stack
+        self._stack = self._recorder = self._tg = self._locks = None
+        self._delegation_stack = None
+        if stack is None:
+            return
+        try:
+            if delegation_stack is not None:
+                # Cancels running delegations and emits their completions while the recorder
+                # can still write their runs' final states.
+                await delegation_stack.aclose()
+            self._delegator = None
+            if recorder is not None:
+                await recorder.close()  # the last flush; stops the flusher
+        finally:
+            # Neither the body's exception nor close()'s is handed to the task group (empty by
+            # now): it would wrap them in an ExceptionGroup. They propagate unchanged.
+            await stack.__aexit__(None, None, None)
+
+    async def _close_store(self, store: Store) -> None:
+        self._store = None
+        await store.close()
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """The stored record of a run; RunNotFoundError if the store does not know it."""
+        record = await self.store.get_run(run_id)
+        if record is None:
+            raise RunNotFoundError(run_id, self.store.location)
+        return record
+
+    @property
+    def delegator(self) -> Delegator:
+        """In-process background work of this engine (while it is open)."""
+        if self._delegator is None:
+            raise RuntimeError("delegation is available inside `async with Engine(...)`")
+        return self._delegator
+
+    def delegate(
+        self,
+        work: Work,
+        *,
+        goal: str,
+        context: Any = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> DelegationHandle:
+        """Start `work` (an async callable, a Plan or a plan file) in the background; returns at
+        once. At capacity it raises `DelegationRejected`. See docs/delegation.md."""
+        return self.delegator.delegate(work, goal=goal, context=context, metadata=metadata)
+
+    def completions(self) -> CompletionStream:
+        """`async for done in eng.completions(): ...` — each completion reaches one consumer."""
+        return self.delegator.completions()
+
+    def delegations(self) -> list[DelegationHandle]:
+        """Running and recently finished delegations."""
+        return self.delegator.delegations()
+
+    def interrupt_all(self, reason: str = "interrupted") -> int:
+        """Cancel every running delegation; returns how many were signalled."""
+        return self.delegator.interrupt_all(reason)
+
+    def delegation_statistics(self) -> DelegationStatistics:
+        return self.delegator.statistics()
 
     @contextmanager
     def events(self) -> Iterator[MemoryObjectReceiveStream[Event]]:
@@ -73,15 +250,58 @@ class Engine:
         max_parallel: int | None = None,
         failure_mode: FailureMode | str | None = None,
         on_event: Callable[[Event], None] | None = None,
+        lock_wait: float = 0.0,
     ) -> RunResult:
         """Run a plan to its end and return every subplan's state.
 
         A failed run returns a result with `state == failed` (see `RunResult.raise_for_state`);
-        cancellation of the caller propagates after the run's processes are gone.
+        cancellation of the caller propagates after the run's processes are gone. If another
+        owner holds the plan's (or project's) lock for longer than `lock_wait` seconds,
+        `LockConflictError` is raised and nothing runs.
         """
-        run = self.prepare_run(plan, max_parallel=max_parallel, failure_mode=failure_mode)
+        run = self.prepare_run(
+            plan, max_parallel=max_parallel, failure_mode=failure_mode, lock_wait=lock_wait
+        )
         with self.bus.listening(on_event) if on_event else _nothing():
             return await run.execute()
+
+    async def resume(
+        self,
+        run_id: str,
+        *,
+        max_parallel: int | None = None,
+        failure_mode: FailureMode | str | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        lock_wait: float = 0.0,
+    ) -> RunResult:
+        """Run again what did not complete in a recorded run, as a new run linked to it."""
+        run = await self.prepare_resume(
+            run_id, max_parallel=max_parallel, failure_mode=failure_mode, lock_wait=lock_wait
+        )
+        with self.bus.listening(on_event) if on_event else _nothing():
+            return await run.execute()
+
+    async def prepare_resume(
+        self,
+        run_id: str,
+        *,
+        max_parallel: int | None = None,
+        failure_mode: FailureMode | str | None = None,
+        lock_wait: float = 0.0,
+    ) -> PreparedRun:
+        """Build the run that resumes `run_id` (see `engine.resume`) without starting it.
+
+        Unless given here, the cap and failure mode are the ones the earlier run used.
+        """
+        point = await resume_point(self.store, run_id)
+        previous = point.previous
+        return self._prepare(
+            point.plan,
+            max_parallel=max_parallel if max_parallel is not None else previous.max_parallel,
+            failure_mode=failure_mode if failure_mode is not None else previous.failure_mode,
+            resume=point,
+            lock_wait=lock_wait,
+        )
 
     def prepare_run(
         self,
@@ -89,9 +309,26 @@ class Engine:
         *,
         max_parallel: int | None = None,
         failure_mode: FailureMode | str | None = None,
+        lock_wait: float = 0.0,
     ) -> PreparedRun:
-        """Build a run (id, tracker, dispatcher) without starting it."""
-        plan = _as_plan(plan)
+        """Build a run (id, tracker, dispatcher) without starting it. `lock_wait`: seconds to
+        wait for a lock another run holds (its plan, project or a subplan's resource)."""
+        return self._prepare(
+            _as_plan(plan),
+            max_parallel=max_parallel,
+            failure_mode=failure_mode,
+            lock_wait=lock_wait,
+        )
+
+    def _prepare(
+        self,
+        plan: Plan,
+        *,
+        max_parallel: int | None,
+        failure_mode: FailureMode | str | None,
+        resume: ResumePoint | None = None,
+        lock_wait: float = 0.0,
+    ) -> PreparedRun:
         # A plan's own value beats these: they are the global level of the precedence chain.
         defaults = ParallelExecutionConfig(
             max_parallel=max_parallel if max_parallel is not None else self.settings.max_parallel,
@@ -103,6 +340,8 @@ class Engine:
         tracker = SubplanTracker(
             run_id, plan.name, ((path, sub.kind) for path, sub in plan.walk()), clock=self.clock
         )
+        kept = resume.kept if resume is not None else frozenset()
+        mark_kept(tracker, kept)
         settings = DispatchSettings(
             defaults=defaults,
             retry_backoff=self.settings.retry_backoff,
@@ -110,7 +349,21 @@ class Engine:
             log_dir=Path(self.settings.data_dir).resolve() / "logs" / run_id,
             base_env=os.environ.copy(),
         )
-        return PreparedRun(plan, tracker, ParallelSubplanDispatcher(plan, tracker, settings), self)
+        if not lock_wait >= 0:
+            raise ValueError(f"lock_wait must be 0 or more seconds, got {lock_wait}")
+        subplan_locks = None
+        if declares_locks(plan):
+            # A resource lock lives as long as a subplan, renewed like the plan's lock.
+            ttl = self.settings.locks.plan_ttl
+            subplan_locks = SubplanLocks(lambda: self.locks, run_id, ttl=ttl, wait=lock_wait)
+        dispatcher = ParallelSubplanDispatcher(
+            plan,
+            tracker,
+            settings,
+            skip=kept.__contains__ if kept else None,
+            locks=subplan_locks,
+        )
+        return PreparedRun(plan, tracker, dispatcher, self, defaults, resume, lock_wait=lock_wait)
 
 
 class PreparedRun:
@@ -122,10 +375,19 @@ class PreparedRun:
         tracker: SubplanTracker,
         dispatcher: ParallelSubplanDispatcher,
         engine: Engine,
+        defaults: ParallelExecutionConfig,
+        resume: ResumePoint | None = None,
+        *,
+        lock_wait: float = 0.0,
     ) -> None:
         self.plan = plan
         self.tracker = tracker
         self.dispatcher = dispatcher
+        self.defaults = defaults
+        #: Set for a resumed run: the earlier run, what is kept from it, notes for the user.
+        self.resume = resume
+        #: Seconds to wait for a lock held by another run before failing.
+        self.lock_wait = lock_wait
         self._engine = engine
         self._failure: BaseException | None = None
 
@@ -133,21 +395,86 @@ class PreparedRun:
     def run_id(self) -> str:
         return self.tracker.run_id
 
+    @property
+    def resumed_from(self) -> str | None:
+        return self.resume.previous.id if self.resume is not None else None
+
     async def execute(self) -> RunResult:
-        bus = self._engine.bus
+        """Take the run's locks, record the run, run it, and return once its terminal state is
+        in the store. `LockConflictError` (before anything is recorded) if another owner holds
+        the plan's or project's lock beyond `lock_wait`."""
+        engine = self._engine
+        recorder = engine._recorder
+        if recorder is None:
+            async with engine:
+                return await self.execute()
+        bus = engine.bus
         self.tracker.emit = bus.publish if bus.active else None
         _importable(self.plan.base_dir)
-        self._failure = await _execute(self.plan, self.tracker, self.dispatcher)
+        claims = run_claims(self.plan, engine.settings.locks)
+        owner = Owner.of_run(self.run_id)
+        try:
+            async with engine.locks.hold_all(claims, owner, wait=self.lock_wait) as guard:
+                run, plan_json, subplans = self._records()
+                await recorder.begin(run, plan_json, subplans, self.tracker)
+                try:
+                    self._failure = await _execute(
+                        self.plan, self.tracker, self.dispatcher, lambda: guard.lost
+                    )
+                finally:
+                    await recorder.settle()
+        except LockExpiredError as exc:
+            # Lost while the run was going: `_execute` failed it with this error already (a
+            # loss noticed after it completed changes nothing).
+            if self.tracker.run_state is RunState.FAILED and self._failure is None:
+                self._failure = exc
         return self.result()
 
     def result(self) -> RunResult:
-        return build_result(self.tracker, self._failure)
+        return build_result(self.tracker, self._failure, self.resumed_from)
+
+    def _records(self) -> tuple[RunRecord, str, list[SubplanRecord]]:
+        """The run's first record, its plan as stored, and each subplan's identity and place."""
+        snapshot = PlanSnapshot.of(self.plan)
+        run_id = self.run_id
+        source = self.plan.source
+        run = RunRecord(
+            id=run_id,
+            plan_name=self.plan.name,
+            project=self.plan.project,
+            state=self.tracker.run_state,
+            created_at=self._engine.clock.now(),
+            max_parallel=self.defaults.max_parallel,
+            failure_mode=self.defaults.failure_mode,
+            plan_digest=snapshot.digest,
+            plan_source=str(source) if source is not None else None,
+            resumed_from=self.resumed_from,
+        )
+        statuses = self.tracker.subplans
+        subplans = [
+            SubplanRecord(
+                id=id_,
+                run_id=run_id,
+                path=path,
+                position=position,
+                kind=status.kind,
+                state=status.state,
+            )
+            for position, (id_, (path, status)) in enumerate(
+                zip(new_ids(len(statuses)), statuses.items(), strict=True)
+            )
+        ]
+        return run, snapshot.json, subplans
 
 
 async def _execute(
-    plan: Plan, tracker: SubplanTracker, dispatcher: ParallelSubplanDispatcher
+    plan: Plan,
+    tracker: SubplanTracker,
+    dispatcher: ParallelSubplanDispatcher,
+    lost: Callable[[], LockExpiredError | None] = lambda: None,
 ) -> BaseException | None:
-    """Drive the run's state around the dispatcher; return the failure of a failed run."""
+    """Drive the run's state around the dispatcher; return the failure of a failed run.
+    `lost` tells a cancellation by a lost run lock (the run failed) from an interruption."""
     tracker.set_run_state(RunState.RUNNING)
     failure: BaseException | None = None
     try:
@@ -163,17 +490,26 @@ async def _execute(
         failure = RunCancelledError(f"plan timed out after {plan.timeout:g}s")
         tracker.set_run_state(RunState.FAILED, str(failure))
     except BaseException:
-        tracker.set_run_state(RunState.CANCELLED, "interrupted")
+        cause = lost()
+        if cause is not None:
+            tracker.set_run_state(RunState.FAILED, str(cause))
+        else:
+            tracker.set_run_state(RunState.CANCELLED, "interrupted")
         raise
     else:
         tracker.set_run_state(RunState.COMPLETED)
     return failure
 
 
-def build_result(tracker: SubplanTracker, failure: BaseException | None = None) -> RunResult:
+def build_result(
+    tracker: SubplanTracker,
+    failure: BaseException | None = None,
+    resumed_from: str | None = None,
+) -> RunResult:
     started, finished = tracker.run_started_at, tracker.run_finished_at
     return RunResult(
         run_id=tracker.run_id,
+        resumed_from=resumed_from,
         plan=tracker.plan_name,
         state=tracker.run_state,
         started_at=started,
@@ -226,6 +562,6 @@ async def run_plan(
     on_event: Callable[[Event], None] | None = None,
     **overrides: Any,
 ) -> RunResult:
-    """Run one plan in memory (no store) and return its result. See `Engine.run_plan`."""
+    """Run one plan, recorded in memory only, and return its result. See `Engine.run_plan`."""
     async with Engine(settings, clock=clock) as eng:
         return await eng.run_plan(plan, on_event=on_event, **overrides)

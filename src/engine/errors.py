@@ -5,7 +5,8 @@
     │   ├── PlanValidationError      a plan file or Plan object breaks the schema
     │   ├── ConfigError              a configuration value is missing, malformed or out of range
     │   └── NotFoundError            an id (run, job) that the store does not know
-    │       └── RunNotFoundError
+    │       ├── RunNotFoundError
+    │       └── LockNotFoundError    `locks release` of a resource nobody holds
     ├── ExecutionError               the work itself failed
     │   ├── SubplanExecutionError    one subplan failed (fail_fast)
     │   └── AggregateSubplanError    several failed (continue_on_error); carries each failure
@@ -15,9 +16,9 @@
     ├── StoreError                   the database failed (driver errors are translated into this)
     │   ├── StoreUnavailableError    the server cannot be reached, or refused the login
     │   ├── StoreURLError            exit 2: unknown scheme, malformed URL, driver not installed
-    │   ├── NotADatabaseError        exit 2: an existing file that is not an engine store (untouched)
+    │   ├── NotADatabaseError        exit 2: a file that is not an engine store (left untouched)
     │   └── SchemaVersionError       exit 2: schema newer than this engine, or not upgraded yet
-    ├── LockError
+    ├── LockError                    carries resource, holder, expires_at
     │   ├── LockConflictError        exit 3: another owner holds the resource
     │   └── LockExpiredError         a held lock expired or was taken over
     └── DelegationRejected           in-process delegation at capacity (or its owner closing)
@@ -28,6 +29,7 @@ Each class's docstring is its default message.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -78,6 +80,16 @@ class RunNotFoundError(NotFoundError):
         self.where = where
         suffix = f" in {where}" if where else ""
         super().__init__(f"no run {run_id!r}{suffix} (see `python -m engine runs list`)")
+
+
+class LockNotFoundError(NotFoundError):
+    """No such lock."""
+
+    def __init__(self, resource: str, where: str | None = None) -> None:
+        self.resource = resource
+        self.where = where
+        suffix = f" in {where}" if where else ""
+        super().__init__(f"nobody holds {resource}{suffix} (see `python -m engine locks list`)")
 
 
 class ExecutionError(EngineError):
@@ -159,15 +171,80 @@ class SchemaVersionError(StoreError):
 class LockError(EngineError):
     """A lock operation failed."""
 
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        resource: str | None = None,
+        holder: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> None:
+        #: The resource, written `kind:name` (`plan:nightly`).
+        self.resource = resource
+        #: The owner id of the holder (`host:pid:run id[/subplan path]`).
+        self.holder = holder
+        #: When the holder's lock expires (or expired), UTC.
+        self.expires_at = expires_at
+        super().__init__(message)
+
 
 class LockConflictError(LockError):
     """The resource is locked by another owner."""
 
     exit_code = 3
 
+    def __init__(
+        self,
+        resource: str | None = None,
+        holder: str | None = None,
+        expires_at: datetime | None = None,
+        *,
+        waited: float = 0.0,
+    ) -> None:
+        #: Seconds spent waiting for the lock before giving up (0: it was tried once).
+        self.waited = waited
+        message = None
+        if resource is not None:
+            message = f"{resource} is locked by {holder or 'another owner'}"
+            if expires_at is not None:
+                message += f" (its lock expires at {_utc(expires_at)} UTC unless renewed)"
+            if waited > 0:
+                message += f"; still locked after waiting {waited:g}s"
+            else:
+                message += "; wait for it with --lock-wait SECONDS"
+        super().__init__(message, resource=resource, holder=holder, expires_at=expires_at)
+
 
 class LockExpiredError(LockError):
     """The lock expired or was taken over by another owner."""
+
+    def __init__(
+        self,
+        resource: str | None = None,
+        holder: str | None = None,
+        expires_at: datetime | None = None,
+        *,
+        taken_by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        #: The owner that holds the resource now, if another one took it over.
+        self.taken_by = taken_by
+        message = None
+        if resource is not None:
+            message = f"lock {resource} of {holder or 'this owner'} was lost: "
+            if taken_by is not None:
+                message += f"taken over by {taken_by}"
+            elif reason is not None:
+                message += reason
+            else:
+                message += "it expired"
+            if expires_at is not None:
+                message += f" (it expired at {_utc(expires_at)} UTC)"
+        super().__init__(message, resource=resource, holder=holder, expires_at=expires_at)
+
+
+def _utc(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class DelegationRejected(EngineError):

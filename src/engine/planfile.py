@@ -615,11 +615,13 @@ def _structure_group(
             continue
         for dep in raw_needs:
             if isinstance(dep, str) and dep not in seen:
-                others = ", ".join(sorted(seen - {child.get("name")})) or "no siblings"
+                others = ", ".join(_shown(n) for n in sorted(seen - {child.get("name")}))
+                others = others or "no siblings"
                 add(i, child, "needs", f"names unknown sibling {dep!r} (siblings: {others})")
     cycle = find_cycle(needs_of)
     if cycle is not None:
-        where = PlanProblem(prefix.rstrip("/"), "needs", f"form a cycle: {' -> '.join(cycle)}")
+        loop = " -> ".join(_shown(n) for n in cycle)
+        where = PlanProblem(prefix.rstrip("/"), "needs", f"form a cycle: {loop}")
         out.append(_Located((*base, len(children)), where))
     for i, child in members:
         grandchildren = child.get("subplans")
@@ -627,3 +629,9 @@ def _structure_group(
             position = _key_index(child, "subplans", index)
             inner = (*base, i, position if position is not None else 0)
             _structure_group(grandchildren, f"{prefix}{_segment(child, i)}/", inner, out, index)
+
+
+def _shown(name: str) -> str:
+    """A name as it may appear in a message: as is when valid, else quoted and escaped (a name
+    holding a control character must not break the one-problem-per-line output)."""
+    return name if re.fullmatch(NAME_PATTERN, name) else repr(name)

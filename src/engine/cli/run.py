@@ -1,10 +1,11 @@
-"""`run` and `validate`."""
+"""`run` and `validate`; `drive`, which `resume` shares: views, `--events`, signals, summary."""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
@@ -12,12 +13,19 @@ from typing import IO
 import anyio
 from rich.console import Console
 
-from engine.app import Engine
+from engine.app import Engine, PreparedRun, database_url_for
 from engine.cli.view import LiveView, PlainView, render_summary
 from engine.config import Settings, load_settings
 from engine.domain.events import Event
 from engine.domain.states import RunState
-from engine.errors import InputError
+from engine.errors import (
+    AggregateSubplanError,
+    EngineError,
+    InputError,
+    LockConflictError,
+    LockError,
+    SubplanExecutionError,
+)
 from engine.planfile import load_plan
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -39,35 +47,99 @@ async def validate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def run(args: argparse.Namespace) -> int:
+def open_engine(args: argparse.Namespace) -> Engine:
+    """The engine of a command: settings from flags, environment and file; the configured
+    database (`--db`, ENGINE_DATABASE_URL, `database.url`)."""
     settings = settings_from(args)
+    return Engine(settings, database_url=database_url_for(settings))
+
+
+def lock_wait_notice(args: argparse.Namespace, console: Console) -> Callable[[LockError], None]:
+    """What `--lock-wait` prints when it has to wait: the resource and who holds it."""
+
+    def notice(conflict: LockError) -> None:
+        console.print(
+            f"waiting up to {args.lock_wait:g}s for {conflict.resource}, "
+            f"locked by {conflict.holder}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+    return notice
+
+
+def console_for(args: argparse.Namespace) -> Console:
+    """Progress and summary go to stderr when `--events -` takes stdout."""
+    out = sys.stderr if getattr(args, "events", None) == "-" else sys.stdout
+    return Console(file=out, highlight=False)
+
+
+async def run(args: argparse.Namespace) -> int:
     plan = load_plan(Path(args.plan))
-    events_to_stdout = args.events == "-"
-    out = sys.stderr if events_to_stdout else sys.stdout
-    console = Console(file=out, highlight=False)
-    async with Engine(settings) as eng:
-        prepared = eng.prepare_run(plan)
-        received: list[signal.Signals] = []
-        with ExitStack() as stack:
-            if args.events:
-                stack.enter_context(eng.bus.listening(_event_writer(args.events, stack)))
-            if not args.quiet:
-                view = LiveView(plan, console) if console.is_terminal else PlainView(out)
-                stack.enter_context(view)
-                stack.enter_context(eng.bus.listening(view))
-            console.print(f"run {prepared.run_id}: plan {plan.name} ({args.plan})")
-            with anyio.CancelScope() as run_scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_watch_signals, run_scope, received)
-                    try:
-                        await prepared.execute()
-                    finally:
-                        tg.cancel_scope.cancel()
-        result = prepared.result()
+    console = console_for(args)
+    async with open_engine(args) as eng:
+        prepared = eng.prepare_run(plan, lock_wait=args.lock_wait)
+        eng.locks.on_wait = lock_wait_notice(args, console)
+        console.print(f"run {prepared.run_id}: plan {plan.name} ({args.plan})")
+        received = await drive(args, eng, prepared, console)
+    return finish(prepared, received, console)
+
+
+async def drive(
+    args: argparse.Namespace, eng: Engine, prepared: PreparedRun, console: Console
+) -> list[signal.Signals]:
+    """Execute a prepared run with its views and `--events`; the signals that stopped it."""
+    received: list[signal.Signals] = []
+    with ExitStack() as stack:
+        if args.events:
+            stack.enter_context(eng.bus.listening(_event_writer(args.events, stack)))
+        if not args.quiet:
+            view: LiveView | PlainView
+            if console.is_terminal:
+                view = LiveView(prepared.plan, console)
+                kept = prepared.resume.kept if prepared.resume is not None else ()
+                view.states.update(dict.fromkeys(kept, "completed"))
+            else:
+                view = PlainView(console.file)
+            stack.enter_context(view)
+            stack.enter_context(eng.bus.listening(view))
+        error: EngineError | None = None
+        with anyio.CancelScope() as run_scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_signals, run_scope, received)
+                try:
+                    await prepared.execute()
+                except EngineError as exc:
+                    error = exc  # raised below: the task group would wrap it in a group
+                finally:
+                    tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+    return received
+
+
+def finish(prepared: PreparedRun, received: list[signal.Signals], console: Console) -> int:
+    """Print the summary; the exit code."""
+    result = prepared.result()
     render_summary(result, console)
     if received:
         return EXIT_SIGNAL[received[0]]
-    return 0 if result.state is RunState.COMPLETED else 1
+    if result.state is RunState.COMPLETED:
+        return 0
+    return LockConflictError.exit_code if _only_lock_conflicts(result.exception) else 1
+
+
+def _only_lock_conflicts(failure: BaseException | None) -> bool:
+    """Whether the run failed only because subplans could not get their locks (exit 3)."""
+    if isinstance(failure, AggregateSubplanError):
+        return all(_only_lock_conflicts(f) for f in failure.failures)
+    if isinstance(failure, SubplanExecutionError):
+        cause = failure.__cause__
+        return isinstance(cause, LockConflictError) or (
+            isinstance(cause, SubplanExecutionError | AggregateSubplanError)
+            and _only_lock_conflicts(cause)
+        )
+    return isinstance(failure, LockConflictError)
 
 
 async def _watch_signals(run_scope: anyio.CancelScope, received: list[signal.Signals]) -> None:

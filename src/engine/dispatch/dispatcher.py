@@ -4,6 +4,11 @@ One anyio task group per group; a slot of the group's `AsyncSemaphoreLimiter` is
 *before* a child's task is created and released when the child is terminal; `needs` edges gate
 readiness. fail_fast cancels the group's scope at the first failure; continue_on_error lets every
 child finish and aggregates. A group returns only when every child is terminal.
+
+A child that declares `locks` is handed to a task of its own that first waits for its locks
+holding no slot (so the group's other ready children run meanwhile), then takes a slot like any
+other child, and releases the locks once the child is terminal. A lock it cannot get fails it;
+a lock lost while it runs cancels it and fails it with `LockExpiredError`'s message.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -30,7 +36,10 @@ from engine.dispatch.tracker import SubplanTracker
 from engine.domain.graph import dependents
 from engine.domain.plan import ParallelExecutionConfig, Plan, Subplan
 from engine.domain.states import FailureMode, SubplanState
-from engine.errors import AggregateSubplanError, SubplanExecutionError
+from engine.errors import AggregateSubplanError, LockError, StoreError, SubplanExecutionError
+
+if TYPE_CHECKING:
+    from engine.locks.enforce import SubplanLocks
 
 MAX_BACKOFF = 60.0
 
@@ -59,10 +68,13 @@ class ParallelSubplanDispatcher:
         *,
         skip: Callable[[str], bool] | None = None,
         rng: random.Random | None = None,
+        locks: SubplanLocks | None = None,
     ) -> None:
         self.plan = plan
         self.tracker = tracker
         self.settings = settings
+        #: The `resource:` locks of subplans that declare `locks` (None: locks are not held).
+        self.locks = locks
         self._skip_completed = skip
         self._rng = rng or random.Random()
         self.limiters: dict[str, AsyncSemaphoreLimiter] = {}
@@ -115,6 +127,9 @@ class ParallelSubplanDispatcher:
 
         def finished(name: str, state: SubplanState, errors: list[SubplanExecutionError]) -> None:
             limiter.release()
+            settle(name, state, errors)
+
+        def settle(name: str, state: SubplanState, errors: list[SubplanExecutionError]) -> None:
             if errors:
                 failures.extend(errors)
                 if fail_fast:
@@ -144,9 +159,37 @@ class ParallelSubplanDispatcher:
                 unstarted -= 1
                 if unstarted == 0:
                     wake.set()  # let idle workers see there is nothing left to take
+                if (
+                    locks is not None
+                    and child.locks
+                    and locks.wanted(prefix + child.name, child.locks)
+                ):
+                    tg.start_soon(locked, child, locks)
+                    continue
                 await limiter.acquire()
                 await self._run_child(child, prefix, config, env, cwd, finished)
 
+        async def locked(child: Subplan, locks: SubplanLocks) -> None:
+            """Wait for the child's locks holding no slot; then run it like the others."""
+            path = prefix + child.name
+            try:
+                async with locks.hold(path, child.locks) as guard:
+                    await limiter.acquire()
+                    await self._run_child(
+                        child, prefix, config, env, cwd, finished, lost=lambda: guard.lost
+                    )
+            except (LockError, StoreError) as exc:
+                # Refused (another run holds it past --lock-wait), lost before the child
+                # started, or the store failed; a child that ran has recorded its end already.
+                if tracker.subplans[path].state is SubplanState.PENDING:
+                    tracker.transition(path, SubplanState.RUNNING)
+                    tracker.transition(path, SubplanState.FAILED, str(exc))
+                    self._close_subtree(path, SubplanState.CANCELLED, "its lock was not acquired")
+                    failure = SubplanExecutionError(path, str(exc))
+                    failure.__cause__ = exc
+                    settle(child.name, SubplanState.FAILED, [failure])
+
+        locks = self.locks
         for child in children:
             if self._is_kept(prefix + child.name):
                 # Resumed run: kept from the earlier run, counts as completed for `needs`.
@@ -187,6 +230,8 @@ class ParallelSubplanDispatcher:
         env: dict[str, str],
         cwd: Path,
         finished: Callable[[str, SubplanState, list[SubplanExecutionError]], None],
+        *,
+        lost: Callable[[], LockError | None] | None = None,
     ) -> None:
         path = prefix + child.name
         tracker = self.tracker
@@ -225,8 +270,14 @@ class ParallelSubplanDispatcher:
                 tracker.transition(path, state)
         finally:
             if state is SubplanState.CANCELLED:
-                tracker.transition(path, state, "cancelled")
-                self._close_subtree(path, state, "cancelled")
+                cause = lost() if lost is not None else None
+                if cause is not None:
+                    # Its lock was lost: it failed, it was not merely cancelled.
+                    state = SubplanState.FAILED
+                    errors = [SubplanExecutionError(path, str(cause))]
+                    errors[0].__cause__ = cause
+                tracker.transition(path, state, str(cause) if cause else "cancelled")
+                self._close_subtree(path, SubplanState.CANCELLED, "cancelled")
             finished(child.name, state, errors)
 
     async def _run_step(self, child: Subplan, path: str, env: dict[str, str], cwd: Path) -> None:

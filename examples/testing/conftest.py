@@ -1,0 +1,6 @@
+"""Makes `release_steps` importable for the example's tests."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))

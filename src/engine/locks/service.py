@@ -1,0 +1,322 @@
+"""`LockService`: TTL locks on plans, projects and resources, over the store's `LockStore` port.
+
+This module owns the rules: re-entrancy, waiting (jittered exponential backoff, woken early when
+this service releases the resource), renewal in the background every ttl/3, and release on every
+exit path of `hold`. Atomicity is the store's (one statement per step); this module never talks
+to a database directly and reads time only from the injected `Clock`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import fields
+from datetime import timedelta
+
+import anyio
+
+from engine.domain.lock import LockRecord, Owner, Resource
+from engine.errors import LockConflictError, LockExpiredError, LockNotFoundError, StoreError
+from engine.locks.models import Backoff, HeldLock, LockGuard, LockStatistics
+from engine.ports.clock import Clock
+from engine.ports.store import LockStore
+
+logger = logging.getLogger(__name__)
+
+#: How long a `hold` may take to release its lock on the way out (shielded from cancellation).
+RELEASE_TIMEOUT = 10.0
+
+
+class LockService:
+    def __init__(
+        self,
+        store: LockStore,
+        clock: Clock,
+        *,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.backoff = backoff or Backoff()
+        self._rng = rng or random.Random()
+        #: Called once per acquire that has to wait, with the conflict it waits out (the CLI
+        #: prints "waiting for ..."). Must not block.
+        self.on_wait: Callable[[LockConflictError], None] | None = None
+        #: Set (and replaced) whenever this service frees a resource: wakes its waiters.
+        self._released_event: anyio.Event | None = None
+        self._releases = 0
+        self._stats = {f.name: 0 for f in fields(LockStatistics)}
+
+    # -- one step each -------------------------------------------------------------------------
+
+    async def acquire(
+        self, resource: Resource | str, owner: Owner | str, ttl: float, *, wait: float = 0.0
+    ) -> LockRecord:
+        """Take `resource` for `owner` for `ttl` seconds (re-entrant for the same owner).
+
+        Another owner's unexpired lock raises `LockConflictError` naming it; with `wait` > 0
+        the attempt is repeated with backoff until the lock frees or expires, or `wait`
+        seconds have passed.
+        """
+        res, who = Resource.of(resource), _owner(owner)
+        _check_ttl(ttl)
+        if not wait >= 0:
+            raise ValueError(f"wait must be 0 or more seconds, got {wait}")
+        started = self.clock.monotonic()
+        attempt = 0
+        while True:
+            releases = self._releases
+            record, holder = await self._attempt(res, who, ttl)
+            if record is not None:
+                self._count("acquired")
+                if record.depth > 1:
+                    self._count("reentered")
+                return record
+            waited = self.clock.monotonic() - started
+            if waited >= wait:
+                self._count("conflicts")
+                raise LockConflictError(
+                    str(res),
+                    holder.owner_id if holder else None,
+                    holder.expires_at if holder else None,
+                    waited=waited if wait > 0 else 0.0,
+                )
+            if attempt == 0:
+                self._count("waited")
+                if self.on_wait is not None:
+                    holder_id = holder.owner_id if holder else None
+                    expires = holder.expires_at if holder else None
+                    self.on_wait(LockConflictError(str(res), holder_id, expires, waited=wait))
+            delay = min(self.backoff.delay(attempt, self._rng), wait - waited)
+            if holder is not None:
+                until_expiry = (holder.expires_at - self.clock.now()).total_seconds()
+                delay = min(delay, max(until_expiry, 0.0))
+            if self._releases == releases:  # else something was freed meanwhile: retry now
+                await self._pause(delay, self._released())
+            attempt += 1
+
+    async def release(self, resource: Resource | str, owner: Owner | str) -> bool:
+        """Undo one acquire; False if `owner` does not hold the lock (any more)."""
+        res = Resource.of(resource)
+        left = await self.store.release_lock(res, _owner(owner).id)
+        if left is None:
+            return False
+        self._count("released")
+        if left == 0:
+            self._notify_released()
+        return True
+
+    async def renew(self, resource: Resource | str, owner: Owner | str, ttl: float) -> LockRecord:
+        """Extend a held lock to `ttl` seconds from now; `LockExpiredError` if it expired or
+        another owner took it over meanwhile."""
+        res, who = Resource.of(resource), _owner(owner)
+        _check_ttl(ttl)
+        now = self.clock.now()
+        record = await self.store.renew_lock(res, who.id, now, now + timedelta(seconds=ttl))
+        if record is not None:
+            self._count("renewed")
+            return record
+        current = await self.store.get_lock(res)
+        if current is None:
+            raise LockExpiredError(str(res), who.id, reason="it is no longer held")
+        if current.owner_id != who.id:
+            raise LockExpiredError(str(res), who.id, taken_by=current.owner_id)
+        raise LockExpiredError(str(res), who.id, current.expires_at)
+
+    async def release_all_for_owner(self, owner: Owner | str) -> builtins.list[Resource]:
+        released = await self.store.release_locks_of(_owner(owner).id)
+        if released:
+            self._notify_released()
+        return released
+
+    async def force_release(self, resource: Resource | str) -> LockRecord:
+        """Remove a lock whoever holds it (`locks release --force`)."""
+        res = Resource.of(resource)
+        removed = await self.store.delete_lock(res)
+        if removed is None:
+            raise LockNotFoundError(str(res), getattr(self.store, "location", None))
+        self._notify_released()
+        return removed
+
+    async def cleanup_expired(self) -> int:
+        """Purge expired locks (the engine does it when it opens); how many were purged."""
+        purged = await self.store.delete_expired_locks(self.clock.now())
+        if purged:
+            self._notify_released()
+        return len(purged)
+
+    async def count_stale(self) -> int:
+        """Expired locks still in the store (what `diagnostics` reports; changes nothing)."""
+        return await self.store.count_expired_locks(self.clock.now())
+
+    async def is_locked(self, resource: Resource | str) -> bool:
+        held = await self.store.get_lock(Resource.of(resource))
+        return held is not None and not held.expired(self.clock.now())
+
+    async def get(self, resource: Resource | str) -> LockRecord | None:
+        """The stored lock of a resource, expired or not."""
+        return await self.store.get_lock(Resource.of(resource))
+
+    async def list(self) -> builtins.list[LockRecord]:
+        """Every stored lock, expired ones included (see `LockRecord.expired`)."""
+        return await self.store.list_locks()
+
+    def statistics(self) -> LockStatistics:
+        return LockStatistics(**self._stats)
+
+    # -- held for a block ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def hold(
+        self, resource: Resource | str, owner: Owner | str, ttl: float, *, wait: float = 0.0
+    ) -> AsyncIterator[HeldLock]:
+        """`async with locks.hold(...)`: acquire, renew every ttl/3 while the block runs, and
+        release on every way out (shielded from cancellation).
+
+        If renewal finds the lock expired or taken over, the block is cancelled and
+        `LockExpiredError` is raised: the work stops instead of going on unprotected.
+        """
+        res, who = Resource.of(resource), _owner(owner)
+        record = await self.acquire(res, who, ttl, wait=wait)
+        held = HeldLock(res, who, ttl, record)
+        self._stats["held"] += 1
+        failure: Exception | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_alive, held, tg.cancel_scope)
+                try:
+                    yield held
+                except Exception as exc:
+                    # Re-raised below, outside the task group (which would wrap it in a group).
+                    failure = exc
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self._stats["held"] -= 1
+            with anyio.CancelScope(shield=True), anyio.move_on_after(RELEASE_TIMEOUT):
+                await self._release_quietly(held)
+        if failure is not None:
+            raise failure
+        if held.lost is not None:
+            raise held.lost
+
+    @asynccontextmanager
+    async def hold_all(
+        self,
+        claims: Sequence[tuple[Resource | str, float]],
+        owner: Owner | str,
+        *,
+        wait: float = 0.0,
+    ) -> AsyncIterator[LockGuard]:
+        """`hold` several resources, taken in resource order (so that two holders of the same
+        set never deadlock) within one `wait` budget; released in reverse order."""
+        ordered = sorted((Resource.of(r), ttl) for r, ttl in claims)
+        guard = LockGuard()
+        started = self.clock.monotonic()
+        async with AsyncExitStack() as stack:
+            for resource, ttl in ordered:
+                left = max(0.0, wait - (self.clock.monotonic() - started))
+                held = await stack.enter_async_context(self.hold(resource, owner, ttl, wait=left))
+                guard.locks.append(held)
+            yield guard
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _attempt(
+        self, resource: Resource, owner: Owner, ttl: float
+    ) -> tuple[LockRecord | None, LockRecord | None]:
+        """(the lock, None) if taken; (None, the holder's lock) if another owner has it."""
+        holder: LockRecord | None = None
+        for _ in range(3):
+            self._count("attempts")
+            claim = LockRecord.claim(resource, owner, self.clock.now(), ttl)
+            # Shielded: a lock taken by a statement whose answer a cancellation threw away
+            # would be held by nobody who knows it until its TTL ran out.
+            with anyio.CancelScope(shield=True):
+                record = await self.store.acquire_lock(claim)
+            if record is not None:
+                return record, None
+            holder = await self.store.get_lock(resource)
+            if holder is not None and not holder.expired(self.clock.now()):
+                return None, holder
+            # Released or expired between the two statements: try again at once.
+        return None, holder
+
+    async def _keep_alive(self, held: HeldLock, scope: anyio.CancelScope) -> None:
+        interval = held.ttl / 3
+        while True:
+            await self.clock.sleep(interval)
+            try:
+                held.record = await self.renew(held.resource, held.owner, held.ttl)
+                interval = held.ttl / 3
+            except LockExpiredError as exc:
+                self._lose(held, exc, scope)
+                return
+            except StoreError as exc:
+                # Still ours until it expires: try again sooner, and give up only then.
+                left = (held.record.expires_at - self.clock.now()).total_seconds()
+                if left <= 0:
+                    reason = f"it could not be renewed before it expired ({exc})"
+                    lost = LockExpiredError(
+                        str(held.resource), held.owner.id, held.record.expires_at, reason=reason
+                    )
+                    self._lose(held, lost, scope)
+                    return
+                interval = max(min(held.ttl / 10, left / 2), 0.01)
+
+    def _lose(self, held: HeldLock, exc: LockExpiredError, scope: anyio.CancelScope) -> None:
+        held.lost = exc
+        self._count("lost")
+        logger.warning("%s", exc)
+        scope.cancel()
+
+    async def _release_quietly(self, held: HeldLock) -> None:
+        try:
+            await self.release(held.resource, held.owner)
+        except StoreError as exc:
+            logger.warning(
+                "could not release lock %s (%s); it expires at %s UTC",
+                held.resource,
+                exc,
+                held.record.expires_at,
+            )
+
+    async def _pause(self, seconds: float, released: anyio.Event) -> None:
+        """Sleep on the clock for `seconds`, or less if this service releases a lock."""
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._wake_after, seconds, scope)
+                await released.wait()
+                scope.cancel()
+
+    async def _wake_after(self, seconds: float, scope: anyio.CancelScope) -> None:
+        await self.clock.sleep(seconds)
+        scope.cancel()
+
+    def _released(self) -> anyio.Event:
+        if self._released_event is None:
+            self._released_event = anyio.Event()
+        return self._released_event
+
+    def _notify_released(self) -> None:
+        self._releases += 1
+        event, self._released_event = self._released_event, None
+        if event is not None:
+            event.set()
+
+    def _count(self, name: str) -> None:
+        self._stats[name] += 1
+
+
+def _owner(owner: Owner | str) -> Owner:
+    return owner if isinstance(owner, Owner) else Owner.named(owner)
+
+
+def _check_ttl(ttl: float) -> None:
+    if not (ttl > 0 and math.isfinite(ttl)):
+        raise ValueError(f"a lock's ttl must be a finite number of seconds above 0, got {ttl}")

@@ -1,0 +1,174 @@
+"""The store port: what the engine needs from durable state, and the records that cross it.
+
+Implemented by `engine.store.memory.MemoryStore` (domain level, for tests and the API's default)
+and `engine.store.sql.SqlStore` (SQLite, PostgreSQL). Both pass one contract suite
+(tests/test_store_contract.py). This module holds no I/O and imports no driver.
+
+Writes arrive in batches (`Changes`), each applied atomically: all of it or none of it. Runs and
+their subplans are created once (`NewRun`, `Changes.added`) and then updated by key; events are
+appended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from engine.domain.events import Event
+from engine.domain.lock import LockRecord, Resource
+from engine.domain.states import FailureMode, RunState, SubplanState
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run of a plan, as stored (the plan itself is read with `Store.get_plan`)."""
+
+    id: str
+    plan_name: str
+    state: RunState
+    created_at: datetime
+    #: The effective global-level settings of the run (what `resume` reuses).
+    max_parallel: int
+    failure_mode: FailureMode
+    #: sha256 of the plan's canonical JSON: tells `resume` whether the plan file changed.
+    plan_digest: str
+    #: The plan file the run was started from (absolute), if it came from a file.
+    plan_source: str | None = None
+    project: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration: float | None = None
+    error: str | None = None
+    #: The run this one resumed (its completed subplans were kept, not run again).
+    resumed_from: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubplanRecord:
+    """One subplan of one run. `position` is its index in plan order (parents first)."""
+
+    id: str
+    run_id: str
+    path: str
+    position: int
+    kind: str
+    state: SubplanState = SubplanState.PENDING
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration: float | None = None
+    error: str | None = None
+    output_tail: str | None = None
+    log_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to create, with its plan (canonical JSON) and the subplans known so far (more can
+    be added later with `Changes.added`)."""
+
+    run: RunRecord
+    plan_json: str
+    subplans: Sequence[SubplanRecord]
+
+
+@dataclass(slots=True)
+class Changes:
+    """One batch, applied in one transaction in this order: runs created, subplans added to
+    runs, run updates, subplan updates (by run id and path), events (appended)."""
+
+    created: list[NewRun] = field(default_factory=list)
+    added: list[SubplanRecord] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
+    subplans: list[SubplanRecord] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.created or self.added or self.runs or self.subplans or self.events)
+
+
+class RunStore(Protocol):
+    """Runs, their subplans and their event log."""
+
+    async def write(self, changes: Changes) -> None:
+        """Apply one batch atomically. A create of an existing run or subplan, a subplan added
+        to an unknown run, an update of an unknown run, or an event of an unknown run raises
+        `StoreError` and applies nothing. (An update of an unknown subplan is a caller's bug;
+        stores raise where the driver tells them.)"""
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def get_plan(self, run_id: str) -> str | None:
+        """The plan of a run, as the canonical JSON it was stored with."""
+        ...
+
+    async def list_runs(self, *, limit: int | None = None) -> list[RunRecord]:
+        """Newest first (by `created_at`, then id)."""
+        ...
+
+    async def list_subplans(self, run_id: str) -> list[SubplanRecord]:
+        """In plan order (`position`)."""
+        ...
+
+    async def list_events(self, run_id: str) -> list[Event]:
+        """In `seq` order."""
+        ...
+
+
+class LockStore(Protocol):
+    """TTL locks, one row per resource. Every method is one atomic step in the store (one
+    statement where the backend allows it): two processes calling at once can never both win.
+    "Expired" is judged against the `now` the caller passes (its injected clock)."""
+
+    async def acquire_lock(self, claim: LockRecord) -> LockRecord | None:
+        """Take `claim.resource` for `claim.owner_id` until `claim.expires_at`, atomically:
+        insert it if free; take it over if the lock there expired at `claim.acquired_at`;
+        re-enter it if that owner holds it (depth + 1, expiry the later of the two). Returns
+        the lock as it now is, or None if another owner holds it unexpired."""
+        ...
+
+    async def renew_lock(
+        self, resource: Resource, owner_id: str, now: datetime, expires_at: datetime
+    ) -> LockRecord | None:
+        """Move the expiry of a lock `owner_id` holds unexpired at `now`; None otherwise."""
+        ...
+
+    async def release_lock(self, resource: Resource, owner_id: str) -> int | None:
+        """Undo one acquire by `owner_id` (expired or not): the depth left (0: the row is
+        gone), or None if `owner_id` does not hold it."""
+        ...
+
+    async def release_locks_of(self, owner_id: str) -> list[Resource]:
+        """Delete every lock of `owner_id`, whatever its depth; what was released."""
+        ...
+
+    async def delete_lock(self, resource: Resource) -> LockRecord | None:
+        """Remove a lock whoever holds it (`locks release --force`); what was removed."""
+        ...
+
+    async def delete_expired_locks(self, now: datetime) -> list[Resource]:
+        """Purge locks expired at `now`; what was purged."""
+        ...
+
+    async def count_expired_locks(self, now: datetime) -> int: ...
+
+    async def get_lock(self, resource: Resource) -> LockRecord | None:
+        """The row of a resource, expired or not."""
+        ...
+
+    async def list_locks(self) -> list[LockRecord]:
+        """Every row, expired ones included, ordered by resource."""
+        ...
+
+
+class Store(RunStore, LockStore, Protocol):
+    """Everything durable. Later issues add their ports (jobs) to the bases."""
+
+    #: Where the data lives, for messages (a URL with any password hidden).
+    @property
+    def location(self) -> str: ...
+
+    async def close(self) -> None: ...

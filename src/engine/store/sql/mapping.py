@@ -1,0 +1,182 @@
+"""Records <-> rows. Pure functions over the tables in `tables`; no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from engine.domain.events import Event
+from engine.domain.states import FailureMode, RunState, SubplanState
+from engine.ids import new_ids
+from engine.ports.store import RunRecord, SubplanRecord
+
+#: Run columns an update may change; the rest are fixed when the run is created.
+RUN_UPDATE_COLUMNS = ("state", "started_at", "finished_at", "duration", "error")
+#: Subplan columns an update may change (the rest are fixed when the run is created).
+SUBPLAN_UPDATE_COLUMNS = (
+    "state",
+    "attempts",
+    "started_at",
+    "finished_at",
+    "duration",
+    "error",
+    "output_tail",
+    "log_path",
+)
+SUBPLAN_COLUMNS = ("id", "run_id", "path", "position", "kind", *SUBPLAN_UPDATE_COLUMNS)
+EVENT_COLUMNS = ("id", "run_id", "seq", "type", "at", "path", "payload")
+
+#: A datetime as the driver takes it: the SQLite text form, or the aware datetime itself.
+TimeParam = Callable[[datetime | None], datetime | str | None]
+
+
+def run_row(run: RunRecord, plan_json: str) -> dict[str, Any]:
+    """Core parameters (typed by the table) for creating a run."""
+    return {
+        "id": run.id,
+        "plan_name": run.plan_name,
+        "project": run.project,
+        "state": run.state.value,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "duration": run.duration,
+        "error": run.error,
+        "max_parallel": run.max_parallel,
+        "failure_mode": run.failure_mode.value,
+        "plan_source": run.plan_source,
+        "plan_digest": run.plan_digest,
+        "plan": plan_json,
+        "resumed_from": run.resumed_from,
+    }
+
+
+def run_update(run: RunRecord) -> dict[str, Any]:
+    return {
+        "b_id": run.id,
+        "state": run.state.value,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "duration": run.duration,
+        "error": run.error,
+    }
+
+
+# The hot rows below are tuples for driver-level executemany, in the column orders above:
+# SQLAlchemy's per-row parameter processing would cost more than the database does.
+
+
+def subplan_row(sub: SubplanRecord, time: TimeParam) -> tuple[Any, ...]:
+    return (
+        sub.id,
+        sub.run_id,
+        sub.path,
+        sub.position,
+        sub.kind,
+        *subplan_update(sub, time)[:-2],
+    )
+
+
+def subplan_update(sub: SubplanRecord, time: TimeParam) -> tuple[Any, ...]:
+    """SUBPLAN_UPDATE_COLUMNS, then the key (run_id, path)."""
+    return (
+        sub.state.value,
+        sub.attempts,
+        time(sub.started_at),
+        time(sub.finished_at),
+        sub.duration,
+        sub.error,
+        sub.output_tail,
+        sub.log_path,
+        sub.run_id,
+        sub.path,
+    )
+
+
+def event_rows(events: Sequence[Event], time: TimeParam) -> list[tuple[Any, ...]]:
+    return [
+        (id_, e.run_id, e.seq, e.type, time(e.at), getattr(e, "path", None), e.to_json())
+        for id_, e in zip(new_ids(len(events)), events, strict=True)
+    ]
+
+
+def sqlite_time(value: datetime | None) -> str | None:
+    """The text SQLAlchemy's SQLite DATETIME reads back: naive UTC with microseconds."""
+    if value is None:
+        return None
+    # "YYYY-MM-DD HH:MM:SS.ffffff" (26 characters), then the "+00:00" that is cut off.
+    return _utc(value).isoformat(" ", "microseconds")[:26]
+
+
+def aware_time(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is UTC:
+        return value
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: the store keeps UTC times only")
+    return value.astimezone(UTC)
+
+
+def run_record(row: Mapping[Any, Any]) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        plan_name=row["plan_name"],
+        project=row["project"],
+        state=RunState(row["state"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        duration=row["duration"],
+        error=row["error"],
+        max_parallel=row["max_parallel"],
+        failure_mode=FailureMode(row["failure_mode"]),
+        plan_source=row["plan_source"],
+        plan_digest=row["plan_digest"],
+        resumed_from=row["resumed_from"],
+    )
+
+
+def subplan_record(row: Mapping[Any, Any]) -> SubplanRecord:
+    return SubplanRecord(
+        id=row["id"],
+        run_id=row["run_id"],
+        path=row["path"],
+        position=row["position"],
+        kind=row["kind"],
+        state=SubplanState(row["state"]),
+        attempts=row["attempts"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        duration=row["duration"],
+        error=row["error"],
+        output_tail=row["output_tail"],
+        log_path=row["log_path"],
+    )
+
+
+def event_from(type_: str, payload: str) -> Event:
+    """The typed event a stored JSON line came from (a plain `Event` for an unknown type)."""
+    cls = event_classes().get(type_)
+    if cls is None:
+        event_classes.cache_clear()  # an event family imported since the last look
+        cls = event_classes().get(type_, Event)
+    return cls.model_validate_json(payload)
+
+
+@cache
+def event_classes() -> dict[str, type[Event]]:
+    """`type` string -> event class, for every subclass of `Event` defined so far."""
+    found: dict[str, type[Event]] = {}
+    pending: list[type[Event]] = list(Event.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        default = cls.model_fields["type"].default
+        if isinstance(default, str):
+            found[default] = cls
+    return found

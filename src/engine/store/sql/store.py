@@ -1,0 +1,167 @@
+"""`SqlStore`: the store port on SQLAlchemy 2.x async Core (SQLite and PostgreSQL).
+
+One writer path per process: batches are written one at a time (an `anyio.Lock`), each in one
+short transaction (`BEGIN IMMEDIATE` on SQLite). Reads are Core selects on the pool and never
+take the write lock. The per-subplan and per-event writes (thousands per run) are driver-level
+executemany with tuples converted here: SQLAlchemy's per-row parameter processing would cost
+more than the database itself (benchmarks/store_overhead.py). Every driver error is translated
+into a `StoreError` here; nothing above this module imports SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from engine.domain.events import Event
+from engine.errors import StoreError
+from engine.ports.store import Changes, RunRecord, SubplanRecord
+from engine.store.sql import mapping
+from engine.store.sql.engine import writer
+from engine.store.sql.errors import translated
+from engine.store.sql.locks import SqlLocks
+from engine.store.sql.tables import events, runs, subplan_runs
+
+_RUN_UPDATE = (
+    sa.update(runs)
+    .where(runs.c.id == sa.bindparam("b_id"))
+    .values({c: sa.bindparam(c) for c in mapping.RUN_UPDATE_COLUMNS})
+)
+_RUN_COLUMNS = [c for c in runs.c if c.name != "plan"]
+
+
+class _HotStatements:
+    """The per-subplan and per-event statements as driver SQL in the dialect's paramstyle."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.time: mapping.TimeParam = (
+            mapping.sqlite_time if dialect.name == "sqlite" else mapping.aware_time
+        )
+        marks = _placeholders(dialect.paramstyle)
+        sub_cols = ", ".join(mapping.SUBPLAN_COLUMNS)
+        self.insert_subplans = (
+            f"INSERT INTO {subplan_runs.name} ({sub_cols}) "
+            f"VALUES ({', '.join(marks(len(mapping.SUBPLAN_COLUMNS)))})"
+        )
+        update_marks = marks(len(mapping.SUBPLAN_UPDATE_COLUMNS) + 2)
+        sets = ", ".join(
+            f"{c} = {m}" for c, m in zip(mapping.SUBPLAN_UPDATE_COLUMNS, update_marks, strict=False)
+        )
+        self.update_subplans = (
+            f"UPDATE {subplan_runs.name} SET {sets} "
+            f"WHERE run_id = {update_marks[-2]} AND path = {update_marks[-1]}"
+        )
+        event_cols = ", ".join(mapping.EVENT_COLUMNS)
+        self.insert_events = (
+            f"INSERT INTO {events.name} ({event_cols}) "
+            f"VALUES ({', '.join(marks(len(mapping.EVENT_COLUMNS)))})"
+        )
+
+
+def _placeholders(paramstyle: str) -> Callable[[int], list[str]]:
+    if paramstyle == "qmark":
+        return lambda n: ["?"] * n
+    if paramstyle == "numeric_dollar":
+        return lambda n: [f"${i}" for i in range(1, n + 1)]
+    raise StoreError(f"unsupported driver paramstyle {paramstyle!r}")  # pragma: no cover
+
+
+class SqlStore(SqlLocks):
+    def __init__(self, engine: AsyncEngine, location: str) -> None:
+        super().__init__(engine, location)
+        self._engine = engine
+        self._writer = writer(engine)
+        self._location = location
+        self._write_lock = anyio.Lock()
+        self._hot = _HotStatements(engine.dialect)
+
+    @property
+    def location(self) -> str:
+        return self._location
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def write(self, changes: Changes) -> None:
+        if not changes:
+            return
+        async with self._write_lock:
+            with translated(self._location, "recording"):
+                async with self._writer.begin() as conn:
+                    await self._apply(conn, changes)
+
+    async def _apply(self, conn: AsyncConnection, changes: Changes) -> None:
+        hot, time = self._hot, self._hot.time
+        if changes.created:
+            await conn.execute(
+                sa.insert(runs), [mapping.run_row(n.run, n.plan_json) for n in changes.created]
+            )
+        rows = [mapping.subplan_row(s, time) for n in changes.created for s in n.subplans]
+        rows.extend(mapping.subplan_row(s, time) for s in changes.added)
+        if rows:
+            await conn.exec_driver_sql(hot.insert_subplans, rows)
+        for run in changes.runs:
+            result = await conn.execute(_RUN_UPDATE, mapping.run_update(run))
+            if result.rowcount != 1:
+                raise StoreError(f"{self._location}: cannot update run {run.id}: no such run")
+        if changes.subplans:
+            params = [mapping.subplan_update(s, time) for s in changes.subplans]
+            result = await conn.exec_driver_sql(hot.update_subplans, params)
+            if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(params):
+                raise StoreError(f"{self._location}: an update names an unknown subplan")
+        if changes.events:
+            await conn.exec_driver_sql(hot.insert_events, mapping.event_rows(changes.events, time))
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        query = sa.select(*_RUN_COLUMNS).where(runs.c.id == run_id)
+        with translated(self._location, "reading a run"):
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(query)).mappings().first()
+        return mapping.run_record(row) if row is not None else None
+
+    async def get_plan(self, run_id: str) -> str | None:
+        query = sa.select(runs.c.plan).where(runs.c.id == run_id)
+        with translated(self._location, "reading a run's plan"):
+            async with self._engine.connect() as conn:
+                plan: str | None = (await conn.execute(query)).scalar()
+        return plan
+
+    async def list_runs(self, *, limit: int | None = None) -> list[RunRecord]:
+        query = sa.select(*_RUN_COLUMNS).order_by(runs.c.created_at.desc(), runs.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with translated(self._location, "listing runs"):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).mappings().all()
+        return [mapping.run_record(row) for row in rows]
+
+    async def list_subplans(self, run_id: str) -> list[SubplanRecord]:
+        query = (
+            sa.select(subplan_runs)
+            .where(subplan_runs.c.run_id == run_id)
+            .order_by(subplan_runs.c.position)
+        )
+        with translated(self._location, "reading subplans"):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).mappings().all()
+        return [mapping.subplan_record(row) for row in rows]
+
+    async def list_events(self, run_id: str) -> list[Event]:
+        query = (
+            sa.select(events.c.type, events.c.payload)
+            .where(events.c.run_id == run_id)
+            .order_by(events.c.seq)
+        )
+        with translated(self._location, "reading events"):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        return [mapping.event_from(type_, payload) for type_, payload in rows]
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True), translated(self._location, "closing"):
+            await self._engine.dispose()

@@ -1,0 +1,296 @@
+"""The SQL store's own promises: SQLite set up right, files that are not ours left alone, schema
+versions checked on open, driver errors translated, URLs validated."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import pytest
+
+from engine.domain.states import FailureMode, RunState
+from engine.errors import (
+    NotADatabaseError,
+    SchemaVersionError,
+    StoreError,
+    StoreUnavailableError,
+    StoreURLError,
+)
+from engine.ids import new_id
+from engine.ports.store import Changes, NewRun, RunRecord, SubplanRecord
+from engine.store import MemoryStore, open_store, parse_url, schema_status, upgrade
+from engine.store.sql import SqlStore, head_revision
+from engine.store.sql.errors import translated
+from engine.store.sql.schema import known_revisions
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def a_run() -> RunRecord:
+    return RunRecord(
+        id=new_id(),
+        plan_name="p",
+        state=RunState.PENDING,
+        created_at=datetime.now(UTC),
+        max_parallel=4,
+        failure_mode=FailureMode.FAIL_FAST,
+        plan_digest="0" * 64,
+    )
+
+
+async def test_sqlite_file_and_folder_are_created_and_set_up(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "deeper" / "engine.db"
+    store = await open_store(sqlite_url(path))
+    try:
+        assert isinstance(store, SqlStore)
+        async with store.engine.connect() as conn:
+
+            async def pragma(name: str) -> object:
+                return (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+
+            assert await pragma("journal_mode") == "wal"
+            assert await pragma("foreign_keys") == 1
+            assert await pragma("synchronous") == 1  # NORMAL
+            assert await pragma("busy_timeout") == 30000
+    finally:
+        await store.close()
+    assert path.is_file()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM engine_schema_version").fetchall() == [
+            (head_revision(),)
+        ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is a text file, not a database\n" * 20, b"SQLite format 3\x00" + b"\xff" * 90],
+)
+async def test_a_file_that_is_not_a_database_is_refused_and_untouched(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(content)
+
+    with pytest.raises(NotADatabaseError, match="not an SQLite database") as caught:
+        await open_store(sqlite_url(path))
+
+    assert caught.value.exit_code == 2
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+
+
+async def test_another_programs_sqlite_database_is_refused_and_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO customers (name) VALUES ('ada')")
+    before = path.read_bytes()
+
+    with pytest.raises(NotADatabaseError, match="another program"):
+        await open_store(sqlite_url(path))
+
+    assert path.read_bytes() == before
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+async def test_a_database_from_a_newer_engine_is_refused_and_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "engine.db"
+    await (await open_store(sqlite_url(path))).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE engine_schema_version SET version_num = '9999'")
+    before = path.read_bytes()
+
+    with pytest.raises(SchemaVersionError, match="newer engine") as caught:
+        await open_store(sqlite_url(path))
+
+    assert caught.value.current == "9999"
+    assert caught.value.exit_code == 2
+    assert path.read_bytes() == before
+    status = await schema_status(sqlite_url(path))
+    assert (status.current, status.known) == ("9999", False)
+
+
+async def test_an_empty_file_is_a_new_database(tmp_path: Path) -> None:
+    path = tmp_path / "engine.db"
+    path.touch()
+    await (await open_store(sqlite_url(path))).close()
+    assert (await schema_status(sqlite_url(path))).current == head_revision()
+
+
+async def test_status_of_a_missing_file_creates_nothing(tmp_path: Path) -> None:
+    status = await schema_status(sqlite_url(tmp_path / "missing.db"))
+    assert not status.exists
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_opening_a_new_file_from_many_tasks_at_once_creates_it_once(
+    tmp_path: Path,
+) -> None:
+    url = sqlite_url(tmp_path / "engine.db")
+    stores: list[SqlStore] = []
+
+    async def open_one() -> None:
+        store = await open_store(url)
+        assert isinstance(store, SqlStore)
+        stores.append(store)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(open_one)
+    try:
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(store.write, Changes(created=[NewRun(a_run(), "{}", [])]))
+        assert len(await stores[0].list_runs()) == 5
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_concurrent_writers_in_one_process_never_see_a_locked_database(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(sqlite_url(tmp_path / "engine.db"))
+    try:
+        runs = [a_run() for _ in range(40)]
+
+        async def write(run: RunRecord) -> None:
+            sub = SubplanRecord(id=new_id(), run_id=run.id, path="a", position=0, kind="run")
+            await store.write(Changes(created=[NewRun(run, "{}", [sub])]))
+            await store.write(Changes(runs=[run]))
+
+        async with anyio.create_task_group() as tg:
+            for run in runs:
+                tg.start_soon(write, run)
+        assert len(await store.list_runs()) == 40
+    finally:
+        await store.close()
+
+
+async def test_update_of_an_unknown_subplan_is_refused_on_sqlite(tmp_path: Path) -> None:
+    store = await open_store(sqlite_url(tmp_path / "engine.db"))
+    try:
+        run = a_run()
+        await store.write(Changes(created=[NewRun(run, "{}", [])]))
+        ghost = SubplanRecord(id=new_id(), run_id=run.id, path="ghost", position=0, kind="run")
+        with pytest.raises(StoreError, match="unknown subplan"):
+            await store.write(Changes(subplans=[ghost]))
+    finally:
+        await store.close()
+
+
+async def test_downgraded_sqlite_file_is_upgraded_on_open(tmp_path: Path) -> None:
+    from engine.store.sql.engine import create_engine
+    from engine.store.sql.schema import downgrade_to
+
+    url = sqlite_url(tmp_path / "engine.db")
+    await (await open_store(url)).close()
+    engine = create_engine(parse_url(url))
+    await downgrade_to(engine, "test", "base")
+    await engine.dispose()
+    assert (await schema_status(url)).current is None
+
+    await (await open_store(url)).close()
+    assert (await schema_status(url)).current == head_revision()
+
+
+def test_revisions_form_one_line_from_the_first() -> None:
+    revisions = known_revisions()
+    assert revisions[0] == "0001"
+    assert len(set(revisions)) == len(revisions)
+    assert head_revision() == revisions[-1]
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("mysql://root:hunter2@db/engine", r"unsupported database URL 'mysql://\*\*\*@db/engine'"),
+        ("engine.db", "scheme 'missing'"),
+        ("postgresql+psycopg2://h/db", "unsupported"),
+        ("postgresql+asyncpg://user@host", "names no database"),
+    ],
+)
+def test_bad_urls_are_input_errors(url: str, match: str) -> None:
+    with pytest.raises(StoreURLError, match=match) as caught:
+        parse_url(url)
+    assert caught.value.exit_code == 2
+    assert "hunter2" not in str(caught.value)
+
+
+def test_url_aliases_name_the_async_drivers() -> None:
+    assert parse_url("sqlite:///x.db").drivername == "sqlite+aiosqlite"
+    assert parse_url("postgres://u@h/db").drivername == "postgresql+asyncpg"
+    assert parse_url("postgresql://u@h/db").drivername == "postgresql+asyncpg"
+
+
+async def test_memory_url_opens_a_memory_store() -> None:
+    assert isinstance(await open_store("memory://"), MemoryStore)
+    with pytest.raises(StoreURLError):
+        await upgrade("memory://")
+
+
+async def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailableError, match="cannot reach the database server") as caught:
+        await open_store("postgresql+asyncpg://postgres:pw@127.0.0.1:1/engine")
+    assert "pw" not in str(caught.value)
+
+
+async def test_an_unknown_host_is_a_clear_error() -> None:
+    with pytest.raises(StoreUnavailableError, match="unknown host"):
+        await open_store("postgresql+asyncpg://postgres@no-such-host.invalid/engine")
+
+
+async def test_a_folder_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError):
+        await open_store(sqlite_url(blocker / "sub" / "engine.db"))
+
+
+@pytest.mark.postgres
+async def test_postgres_without_schema_says_to_run_db_upgrade(
+    postgres_database: Callable[[], str],
+) -> None:
+    url = postgres_database()
+    with pytest.raises(SchemaVersionError, match="db upgrade") as caught:
+        await open_store(url)
+    assert caught.value.current is None
+    assert (await schema_status(url)).current is None  # nothing was created
+
+    assert await upgrade(url) == (None, head_revision())
+    store = await open_store(url)
+    await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_unknown_database_is_unavailable(postgres_server_url: str) -> None:
+    url = parse_url(postgres_server_url).set(database="engine_no_such_database")
+    with pytest.raises(StoreUnavailableError, match="does not exist"):
+        await open_store(url.render_as_string(hide_password=False))
+
+
+@pytest.mark.postgres
+async def test_postgres_check_constraints_refuse_unknown_states(postgres_url: str) -> None:
+    store = await open_store(postgres_url)
+    try:
+        run = a_run()
+        await store.write(Changes(created=[NewRun(run, "{}", [])]))
+        assert isinstance(store, SqlStore)
+
+        async def corrupt() -> None:
+            with translated("pg", "writing"):
+                async with store.engine.begin() as conn:
+                    await conn.exec_driver_sql(
+                        f"UPDATE engine_runs SET state = 'bogus' WHERE id = '{run.id}'"
+                    )
+
+        with pytest.raises(StoreError, match="constraint"):
+            await corrupt()
+    finally:
+        await store.close()
