@@ -288,3 +288,19 @@ async def test_fail_fast_cancels_locked_siblings_running_and_waiting(eng: Engine
     assert result.subplans["b"].state is SubplanState.CANCELLED
     assert "b+" not in lockkit.order
     assert await eng.locks.list() == []
+
+
+@pytest.mark.parametrize("first", ["step", "group"])
+async def test_a_lock_and_a_nested_group_never_wait_for_each_other_in_a_circle(
+    eng: Engine, first: str
+) -> None:
+    """Cap 1: the group holds the only slot while its subplan wants `db`; the step wants `db`
+    and a slot. Whoever waits holds nothing, so both complete, one after the other."""
+    step = section("step", "db", locks=["db"])
+    group = {"name": "group", "subplans": [section("inner", "db", locks=["db"])]}
+    children = [step, group] if first == "step" else [group, step]
+    with anyio.fail_after(10):
+        result = await eng.run_plan(plan(*children, max_parallel=1))
+    assert result.state is RunState.COMPLETED, result.error
+    assert lockkit.overlaps == []
+    assert sorted(lockkit.order) == ["inner+", "inner-", "step+", "step-"]

@@ -30,17 +30,27 @@ from engine.domain.events import (
     SubplanAttemptFailed,
     SubplanStateChanged,
 )
+from engine.domain.job import AsyncJob, deserialize_job_payload, serialize_job_payload
 from engine.domain.lock import LockKind, LockRecord, Owner, Resource
 from engine.domain.plan import ParallelExecutionConfig, Plan, Subplan
 from engine.domain.results import RunResult, SubplanResult
-from engine.domain.states import DelegationState, FailureMode, RunState, SubplanState
+from engine.domain.states import (
+    AsyncJobStatus,
+    DelegationState,
+    FailureMode,
+    RunState,
+    SubplanState,
+)
 from engine.errors import (
     AggregateSubplanError,
     ConfigError,
     DelegationRejected,
     EngineError,
     InputError,
+    InvalidJobTransitionError,
     InvalidTransitionError,
+    JobNotFoundError,
+    JobPayloadError,
     LockConflictError,
     LockError,
     LockExpiredError,
@@ -60,12 +70,15 @@ from engine.locks import LockService
 from engine.planfile import load_plan
 from engine.ports.clock import Clock, SystemClock
 from engine.ports.store import RunRecord, Store, SubplanRecord
+from engine.worker import WorkerHealthReport, WorkerPool, WorkerSettings
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EVENT_SCHEMA_VERSION",
     "AggregateSubplanError",
+    "AsyncJob",
+    "AsyncJobStatus",
     "AsyncSemaphoreLimiter",
     "Clock",
     "CompletionStream",
@@ -83,7 +96,10 @@ __all__ = [
     "Event",
     "FailureMode",
     "InputError",
+    "InvalidJobTransitionError",
     "InvalidTransitionError",
+    "JobNotFoundError",
+    "JobPayloadError",
     "LockConflictError",
     "LockError",
     "LockExpiredError",
@@ -121,8 +137,13 @@ __all__ = [
     "SubplanStateChanged",
     "SubplanTracker",
     "SystemClock",
+    "WorkerHealthReport",
+    "WorkerPool",
+    "WorkerSettings",
+    "deserialize_job_payload",
     "dispatch",
     "load_plan",
     "load_settings",
     "run_plan",
+    "serialize_job_payload",
 ]

@@ -8,6 +8,9 @@ Every run is recorded in the engine's store (`engine.ports.store`): a database n
 `Recorder` writes behind the dispatcher; its flusher task belongs to the engine's task group,
 which `async with Engine(...)` opens and closes.
 
+Background jobs (`engine.jobs`, `engine.worker`): `submit` queues a plan in the store;
+`worker()` builds a pool that claims jobs and runs each through `prepare_run` like any run.
+
 Locks (`engine.locks`): a run holds `plan:<name>` (and `project:<project>`) from before it is
 recorded until its terminal state is; subplans that declare `locks` hold theirs around their
 execution. Opening the engine purges expired locks.
@@ -40,10 +43,11 @@ from engine.delegation import (
 from engine.dispatch.dispatcher import DispatchSettings, ParallelSubplanDispatcher
 from engine.dispatch.tracker import SubplanTracker
 from engine.domain.events import Event
+from engine.domain.job import DEFAULT_MAX_ATTEMPTS, AsyncJob
 from engine.domain.lock import Owner
 from engine.domain.plan import ParallelExecutionConfig, Plan
 from engine.domain.results import RunResult, SubplanResult
-from engine.domain.states import FailureMode, RunState
+from engine.domain.states import AsyncJobStatus, FailureMode, RunState
 from engine.errors import (
     AggregateSubplanError,
     LockExpiredError,
@@ -53,6 +57,7 @@ from engine.errors import (
 )
 from engine.events import EventBus
 from engine.ids import new_ids
+from engine.jobs.service import JobService
 from engine.locks.enforce import SubplanLocks, declares_locks, run_claims
 from engine.locks.service import LockService
 from engine.planfile import load_plan
@@ -61,6 +66,7 @@ from engine.ports.store import RunRecord, Store, SubplanRecord
 from engine.recorder import Recorder
 from engine.resume import PlanSnapshot, ResumePoint, mark_kept, resume_point
 from engine.store import MemoryStore, open_store
+from engine.worker import WorkerPool, WorkerSettings
 
 PlanSource = Plan | str | os.PathLike[str]
 
@@ -110,6 +116,7 @@ class Engine:
         self._tg: TaskGroup | None = None
         self._recorder: Recorder | None = None
         self._locks: LockService | None = None
+        self._jobs: JobService | None = None
         #: Whether opening purges expired locks (`locks list` opens without, to show them).
         self.purge_expired_locks = purge_expired_locks
         self._delegation_settings = delegation or DelegationSettings()
@@ -132,6 +139,48 @@ class Engine:
         return self._locks
 
     @property
+    def jobs(self) -> JobService:
+        """The background jobs in this engine's store (while the engine is open)."""
+        if self._jobs is None:
+            raise RuntimeError("the engine's jobs are available inside `async with Engine(...)`")
+        return self._jobs
+
+    async def submit(
+        self,
+        plan: PlanSource,
+        *,
+        workdir: str | os.PathLike[str] | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> str:
+        """Queue a plan (a `Plan` or a plan file, validated here) as a background job; its id.
+        A worker (`worker()`, `python -m engine worker`) runs it; `workdir` (default: the plan
+        file's folder) is where its relative `cwd`s start."""
+        folder = Path(os.fspath(workdir)) if workdir is not None else None
+        job = await self.jobs.submit(_as_plan(plan), workdir=folder, max_attempts=max_attempts)
+        return job.id
+
+    async def get_job(self, job_id: str) -> AsyncJob:
+        """A job as stored; JobNotFoundError if the store does not know it."""
+        return await self.jobs.get(job_id)
+
+    async def list_jobs(
+        self, *, status: AsyncJobStatus | str | None = None, limit: int | None = None
+    ) -> list[AsyncJob]:
+        """Jobs, newest first, optionally only those in `status`."""
+        wanted = AsyncJobStatus(status) if status is not None else None
+        return await self.jobs.list(status=wanted, limit=limit)
+
+    async def cancel_job(self, job_id: str) -> AsyncJob:
+        """Cancel a job: at once if queued; a running one is cancelled by its worker within
+        one heartbeat (its processes killed). Returns the job as it is after the request."""
+        return await self.jobs.cancel(job_id)
+
+    def worker(self, **overrides: Any) -> WorkerPool:
+        """A worker pool on this engine (`async.*` settings, `overrides` by WorkerSettings
+        field). Run it inside a task group: `await tg.start(pool.run)`; `pool.stop()` ends it."""
+        return WorkerPool(self, WorkerSettings.from_settings(self.settings.async_, **overrides))
+
+    @property
     def is_open(self) -> bool:
         return self._stack is not None
 
@@ -150,6 +199,7 @@ class Engine:
             stack.enter_context(self.bus.listening(recorder))
             self._recorder = recorder
             self._locks = LockService(self._store, self.clock)
+            self._jobs = JobService(self._store, self.clock, self.settings.async_)
             if self.purge_expired_locks:
                 await self._locks.cleanup_expired()
             delegation_stack = AsyncExitStack()
@@ -176,6 +226,7 @@ class Engine:
         stack, recorder = self._stack, self._recorder
         delegation_stack = self._delegation_stack
         self._stack = self._recorder = self._tg = self._locks = None
+        self._jobs = None
         self._delegation_stack = None
         if stack is None:
             return

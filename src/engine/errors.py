@@ -6,6 +6,7 @@
     │   ├── ConfigError              a configuration value is missing, malformed or out of range
     │   └── NotFoundError            an id (run, job) that the store does not know
     │       ├── RunNotFoundError
+    │       ├── JobNotFoundError
     │       └── LockNotFoundError    `locks release` of a resource nobody holds
     ├── ExecutionError               the work itself failed
     │   ├── SubplanExecutionError    one subplan failed (fail_fast)
@@ -13,6 +14,7 @@
     ├── RunCancelledError            the run was cancelled (timeout of the plan, signal)
     ├── InvalidTransitionError       a state change not in the transition table
     │   └── InvalidJobTransitionError
+    ├── JobPayloadError              a job's stored payload cannot be read (unknown version, ...)
     ├── StoreError                   the database failed (driver errors are translated into this)
     │   ├── StoreUnavailableError    the server cannot be reached, or refused the login
     │   ├── StoreURLError            exit 2: unknown scheme, malformed URL, driver not installed
@@ -82,6 +84,16 @@ class RunNotFoundError(NotFoundError):
         super().__init__(f"no run {run_id!r}{suffix} (see `python -m engine runs list`)")
 
 
+class JobNotFoundError(NotFoundError):
+    """No such job."""
+
+    def __init__(self, job_id: str, where: str | None = None) -> None:
+        self.job_id = job_id
+        self.where = where
+        suffix = f" in {where}" if where else ""
+        super().__init__(f"no job {job_id!r}{suffix} (see `python -m engine jobs list`)")
+
+
 class LockNotFoundError(NotFoundError):
     """No such lock."""
 
@@ -130,6 +142,10 @@ class InvalidTransitionError(EngineError):
 
 class InvalidJobTransitionError(InvalidTransitionError):
     """A job state change that the transition table does not allow."""
+
+
+class JobPayloadError(EngineError):
+    """The job's payload cannot be read by this engine."""
 
 
 class StoreError(EngineError):

@@ -78,6 +78,11 @@ async def run(args: argparse.Namespace) -> int:
     plan = load_plan(Path(args.plan))
     console = console_for(args)
     async with open_engine(args) as eng:
+        if eng.settings.async_.enabled:
+            from engine.cli.jobs import enqueue  # async.enabled: queue it for a worker
+
+            await enqueue(eng, plan, args.plan)
+            return 0
         prepared = eng.prepare_run(plan, lock_wait=args.lock_wait)
         eng.locks.on_wait = lock_wait_notice(args, console)
         console.print(f"run {prepared.run_id}: plan {plan.name} ({args.plan})")

@@ -5,10 +5,10 @@ One anyio task group per group; a slot of the group's `AsyncSemaphoreLimiter` is
 readiness. fail_fast cancels the group's scope at the first failure; continue_on_error lets every
 child finish and aggregates. A group returns only when every child is terminal.
 
-A child that declares `locks` is handed to a task of its own that first waits for its locks
-holding no slot (so the group's other ready children run meanwhile), then takes a slot like any
-other child, and releases the locks once the child is terminal. A lock it cannot get fails it;
-a lock lost while it runs cancels it and fails it with `LockExpiredError`'s message.
+A child that declares `locks` is handed to a task of its own that waits for its locks holding
+no slot (so the group's other ready children run meanwhile), then holds a slot and its locks
+together (`engine.locks.enforce`), and releases the locks once the child is terminal. A lock it
+cannot get fails it; a lock lost while it runs cancels it and fails it with the loss.
 """
 
 from __future__ import annotations
@@ -173,14 +173,13 @@ class ParallelSubplanDispatcher:
             """Wait for the child's locks holding no slot; then run it like the others."""
             path = prefix + child.name
             try:
-                async with locks.hold(path, child.locks) as guard:
-                    await limiter.acquire()
+                async with locks.hold(path, child.locks, limiter.acquire, limiter.release) as guard:
                     await self._run_child(
                         child, prefix, config, env, cwd, finished, lost=lambda: guard.lost
                     )
             except (LockError, StoreError) as exc:
-                # Refused (another run holds it past --lock-wait), lost before the child
-                # started, or the store failed; a child that ran has recorded its end already.
+                # Refused (another run holds it past --lock-wait) or the store failed; a child
+                # that ran (and maybe lost its lock) has recorded its end already.
                 if tracker.subplans[path].state is SubplanState.PENDING:
                     tracker.transition(path, SubplanState.RUNNING)
                     tracker.transition(path, SubplanState.FAILED, str(exc))

@@ -89,3 +89,40 @@ DELEGATION_TRANSITIONS: dict[DelegationState, frozenset[DelegationState]] = {
     DelegationState.FAILED: frozenset(),
     DelegationState.CANCELLED: frozenset(),
 }
+
+
+class AsyncJobStatus(StrEnum):
+    """A background job (`submit`, `worker`): see docs/jobs.md for the lifecycle."""
+
+    #: Waiting in the queue for a worker to claim it.
+    QUEUED = "queued"
+    #: Claimed by a worker (its `worker_id`, fencing token `attempts`) and executing.
+    RUNNING = "running"
+    #: Its plan run completed.
+    SUCCEEDED = "succeeded"
+    #: Its plan run failed, timed out, or its worker was lost with no attempts left.
+    FAILED = "failed"
+    #: Cancelled while queued, or by its owning worker after `jobs cancel`.
+    CANCELLED = "cancelled"
+
+
+TERMINAL_JOB_STATUSES: frozenset[AsyncJobStatus] = frozenset(
+    {AsyncJobStatus.SUCCEEDED, AsyncJobStatus.FAILED, AsyncJobStatus.CANCELLED}
+)
+
+#: `running -> queued` only hands a job back (graceful shutdown, a lost worker with attempts
+#: left); every other pair raises `InvalidJobTransitionError` (`engine.domain.job`).
+VALID_JOB_TRANSITIONS: dict[AsyncJobStatus, frozenset[AsyncJobStatus]] = {
+    AsyncJobStatus.QUEUED: frozenset({AsyncJobStatus.RUNNING, AsyncJobStatus.CANCELLED}),
+    AsyncJobStatus.RUNNING: frozenset(
+        {
+            AsyncJobStatus.SUCCEEDED,
+            AsyncJobStatus.FAILED,
+            AsyncJobStatus.CANCELLED,
+            AsyncJobStatus.QUEUED,
+        }
+    ),
+    AsyncJobStatus.SUCCEEDED: frozenset(),
+    AsyncJobStatus.FAILED: frozenset(),
+    AsyncJobStatus.CANCELLED: frozenset(),
+}

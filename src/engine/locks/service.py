@@ -12,7 +12,7 @@ import builtins
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import fields
 from datetime import timedelta
@@ -65,18 +65,60 @@ class LockService:
         """
         res, who = Resource.of(resource), _owner(owner)
         _check_ttl(ttl)
+
+        taken: list[LockRecord] = []
+
+        async def take() -> LockRecord | None:
+            record, holder = await self._attempt(res, who, ttl)
+            if record is not None:
+                taken.append(record)
+            return holder
+
+        await self._retry(res, wait, take, lambda: bool(taken))
+        record = taken[0]
+        self._count("acquired")
+        if record.depth > 1:
+            self._count("reentered")
+        return record
+
+    async def wait_until_free(
+        self, resource: Resource | str, owner: Owner | str, *, wait: float
+    ) -> None:
+        """Return once no other owner holds `resource` unexpired (without taking it), within
+        `wait` seconds; else `LockConflictError`. For callers that must not hold anything
+        while they wait (the dispatcher holds no slot)."""
+        res, who = Resource.of(resource), _owner(owner)
+
+        free: list[bool] = []
+
+        async def look() -> LockRecord | None:
+            held = await self.store.get_lock(res)
+            if held is None or held.owner_id == who.id or held.expired(self.clock.now()):
+                free.append(True)
+                return None
+            return held
+
+        await self._retry(res, wait, look, lambda: bool(free))
+
+    async def _retry(
+        self,
+        res: Resource,
+        wait: float,
+        attempt: Callable[[], Awaitable[LockRecord | None]],
+        done: Callable[[], bool],
+    ) -> None:
+        """Repeat `attempt` (which returns the other holder's lock, if it saw one) until
+        `done()`, with jittered backoff, woken early by this service's releases and never
+        sleeping past the holder's expiry; `LockConflictError` after `wait` seconds."""
         if not wait >= 0:
             raise ValueError(f"wait must be 0 or more seconds, got {wait}")
         started = self.clock.monotonic()
-        attempt = 0
+        tries = 0
         while True:
             releases = self._releases
-            record, holder = await self._attempt(res, who, ttl)
-            if record is not None:
-                self._count("acquired")
-                if record.depth > 1:
-                    self._count("reentered")
-                return record
+            holder = await attempt()
+            if done():
+                return
             waited = self.clock.monotonic() - started
             if waited >= wait:
                 self._count("conflicts")
@@ -86,19 +128,19 @@ class LockService:
                     holder.expires_at if holder else None,
                     waited=waited if wait > 0 else 0.0,
                 )
-            if attempt == 0:
+            if tries == 0:
                 self._count("waited")
                 if self.on_wait is not None:
                     holder_id = holder.owner_id if holder else None
                     expires = holder.expires_at if holder else None
                     self.on_wait(LockConflictError(str(res), holder_id, expires, waited=wait))
-            delay = min(self.backoff.delay(attempt, self._rng), wait - waited)
+            delay = min(self.backoff.delay(tries, self._rng), wait - waited)
             if holder is not None:
                 until_expiry = (holder.expires_at - self.clock.now()).total_seconds()
                 delay = min(delay, max(until_expiry, 0.0))
             if self._releases == releases:  # else something was freed meanwhile: retry now
                 await self._pause(delay, self._released())
-            attempt += 1
+            tries += 1
 
     async def release(self, resource: Resource | str, owner: Owner | str) -> bool:
         """Undo one acquire; False if `owner` does not hold the lock (any more)."""
@@ -318,5 +360,6 @@ def _owner(owner: Owner | str) -> Owner:
 
 
 def _check_ttl(ttl: float) -> None:
-    if not (ttl > 0 and math.isfinite(ttl)):
-        raise ValueError(f"a lock's ttl must be a finite number of seconds above 0, got {ttl}")
+    # The store keeps microseconds: a lock must outlive its own acquisition by at least that.
+    if not (ttl >= 0.001 and math.isfinite(ttl)):
+        raise ValueError(f"a lock's ttl must be a finite number of seconds >= 0.001, got {ttl}")

@@ -17,8 +17,9 @@ from datetime import datetime
 from typing import Protocol
 
 from engine.domain.events import Event
+from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord
 from engine.domain.lock import LockRecord, Resource
-from engine.domain.states import FailureMode, RunState, SubplanState
+from engine.domain.states import AsyncJobStatus, FailureMode, RunState, SubplanState
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +165,79 @@ class LockStore(Protocol):
         ...
 
 
-class Store(RunStore, LockStore, Protocol):
-    """Everything durable. Later issues add their ports (jobs) to the bases."""
+class JobStore(Protocol):
+    """The durable job queue and its workers' heartbeats.
+
+    Every status change is one conditional write (`... WHERE status = :expected`, plus the
+    fencing token for a worker's writes): two callers can never both make the same change, and
+    a worker that lost a job can never overwrite its new owner's state. Times are the caller's
+    (its injected clock).
+    """
+
+    async def enqueue_jobs(self, jobs: Sequence[AsyncJob]) -> None:
+        """Insert queued jobs (one transaction); an existing id raises `StoreError`."""
+        ...
+
+    async def claim_jobs(self, worker_id: str, now: datetime, limit: int) -> list[AsyncJob]:
+        """Atomically move up to `limit` of the oldest queued jobs to `running` for
+        `worker_id` (attempts + 1: the new fencing token; heartbeat `now`), in one statement;
+        the jobs as claimed, oldest first. Each job goes to exactly one claimer."""
+        ...
+
+    async def heartbeat(self, worker: WorkerRecord) -> list[JobBeat]:
+        """Record `worker` (its row for `diagnostics`) and set `last_heartbeat` of every job it
+        runs (one statement for all of them); the jobs it holds now, with their tokens and
+        whether cancellation was requested. A job missing from the answer is no longer its."""
+        ...
+
+    async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[str]:
+        """Apply each outcome (one transaction) where the job is still `running` under that
+        worker and token; the ids applied (the others were fenced off)."""
+        ...
+
+    async def request_cancel(self, job_id: str, now: datetime) -> AsyncJob | None:
+        """`queued` -> `cancelled` at once; `running` -> `cancel_requested` (its worker makes
+        the transition); anything else unchanged. The job as it now is; None if unknown."""
+        ...
+
+    async def rescue_stuck_jobs(self, now: datetime, stuck_before: datetime) -> list[AsyncJob]:
+        """Running jobs whose heartbeat is older than `stuck_before` (their worker was lost):
+        cancelled if cancellation was requested, else back to `queued` while attempts remain,
+        else `failed` with a message naming the worker and when it was last seen. Each change
+        is conditional on the job still being stuck with the same token; the jobs changed."""
+        ...
+
+    async def delete_finished_jobs(self, before: datetime) -> int:
+        """Delete (one statement) finished jobs that finished before `before`; how many."""
+        ...
+
+    async def forget_workers(self, seen_before: datetime, *, worker_id: str | None = None) -> int:
+        """Delete worker rows last seen before `seen_before` (or the one row `worker_id`)."""
+        ...
+
+    async def get_job(self, job_id: str) -> AsyncJob | None: ...
+
+    async def list_jobs(
+        self, *, status: AsyncJobStatus | None = None, limit: int | None = None
+    ) -> list[AsyncJob]:
+        """Newest first (by id, which is time-ordered)."""
+        ...
+
+    async def count_jobs(self) -> dict[AsyncJobStatus, int]:
+        """How many jobs are in each status (every status present, zero included)."""
+        ...
+
+    async def list_stuck_jobs(self, stuck_before: datetime) -> list[AsyncJob]:
+        """Running jobs whose heartbeat is older than `stuck_before` (read only)."""
+        ...
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Registered workers, ordered by id."""
+        ...
+
+
+class Store(RunStore, LockStore, JobStore, Protocol):
+    """Everything durable: runs, locks and jobs."""
 
     #: Where the data lives, for messages (a URL with any password hidden).
     @property

@@ -15,6 +15,7 @@ from typing import overload
 from engine.domain.events import Event
 from engine.errors import StoreError
 from engine.ports.store import Changes, RunRecord, SubplanRecord
+from engine.store.memory_jobs import MemoryJobs
 from engine.store.memory_locks import MemoryLocks
 
 
@@ -26,11 +27,12 @@ class _StoredRun:
     events: list[Event] = field(default_factory=list)
 
 
-class MemoryStore(MemoryLocks):
-    """Runs and locks kept in this process only; gone when it exits."""
+class MemoryStore(MemoryLocks, MemoryJobs):
+    """Runs, locks and jobs kept in this process only; gone when it exits."""
 
     def __init__(self) -> None:
         super().__init__()
+        MemoryJobs.__init__(self)
         self._runs: dict[str, _StoredRun] = {}
         self._orphan_events: list[Event] = []
 

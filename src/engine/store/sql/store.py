@@ -23,6 +23,7 @@ from engine.ports.store import Changes, RunRecord, SubplanRecord
 from engine.store.sql import mapping
 from engine.store.sql.engine import writer
 from engine.store.sql.errors import translated
+from engine.store.sql.jobs import SqlJobs
 from engine.store.sql.locks import SqlLocks
 from engine.store.sql.tables import events, runs, subplan_runs
 
@@ -70,9 +71,10 @@ def _placeholders(paramstyle: str) -> Callable[[int], list[str]]:
     raise StoreError(f"unsupported driver paramstyle {paramstyle!r}")  # pragma: no cover
 
 
-class SqlStore(SqlLocks):
+class SqlStore(SqlLocks, SqlJobs):
     def __init__(self, engine: AsyncEngine, location: str) -> None:
         super().__init__(engine, location)
+        SqlJobs.__init__(self, engine)
         self._engine = engine
         self._writer = writer(engine)
         self._location = location

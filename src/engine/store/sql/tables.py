@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 from engine.domain.lock import LockKind
-from engine.domain.states import FailureMode, RunState, SubplanState
+from engine.domain.states import AsyncJobStatus, FailureMode, RunState, SubplanState
 
 #: Alembic's own bookkeeping table (not `alembic_version`: a shared database may have one).
 VERSION_TABLE = "engine_schema_version"
@@ -160,4 +160,60 @@ locks = sa.Table(
     # `release_all_for_owner`; purging and counting expired locks.
     sa.Index(None, "owner_id"),
     sa.Index(None, "expires_at"),
+)
+
+jobs = sa.Table(
+    "engine_jobs",
+    metadata,
+    sa.Column("id", ULID, primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("plan_name", sa.String(64), nullable=False),
+    #: Versioned JSON: the validated plan and its working folder (engine.domain.job).
+    sa.Column("payload", sa.Text(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    #: Claims so far; the fencing token every write of the current owner is conditional on.
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("max_attempts", sa.Integer(), nullable=False),
+    sa.Column("worker_id", sa.String(160), nullable=True),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("last_heartbeat", UTCDateTime(), nullable=True),
+    sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+    sa.Column("error_message", sa.Text(), nullable=True),
+    sa.Column("result", sa.Text(), nullable=True),
+    # No foreign key: the run is recorded by the worker's recorder, the job by the queue; a
+    # job row must never fail to update because of the order the two are written in.
+    sa.Column("run_id", ULID, nullable=True),
+    one_of("status", AsyncJobStatus),
+    sa.CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+    sa.CheckConstraint("max_attempts >= 1", name="max_attempts_positive"),
+    sa.CheckConstraint(
+        "status <> 'running' OR (worker_id IS NOT NULL AND last_heartbeat IS NOT NULL)",
+        name="running_has_worker",
+    ),
+    # The claim (oldest queued first) and `jobs list --status`.
+    sa.Index(None, "status", "id"),
+    # A worker's heartbeat (all its running jobs in one statement).
+    sa.Index(None, "worker_id"),
+    # Stuck detection: running jobs by heartbeat age.
+    sa.Index(None, "status", "last_heartbeat"),
+    # TTL cleanup of finished jobs.
+    sa.Index(None, "finished_at"),
+)
+
+workers = sa.Table(
+    "engine_workers",
+    metadata,
+    #: `host:pid:ulid` (engine.domain.job.new_worker_id).
+    sa.Column("id", sa.String(160), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("last_heartbeat", UTCDateTime(), nullable=False),
+    sa.Column("concurrency", sa.Integer(), nullable=False),
+    sa.Column("processed", sa.Integer(), nullable=False),
+    sa.Column("failed", sa.Integer(), nullable=False),
+    sa.Column("cancelled", sa.Integer(), nullable=False),
+    # Forgetting workers gone for longer than the job TTL.
+    sa.Index(None, "last_heartbeat"),
 )

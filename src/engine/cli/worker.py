@@ -1,0 +1,73 @@
+"""`worker`: run a worker pool in this process until stopped (or, with `--burst`, until the
+queue is empty).
+
+SIGTERM or SIGINT starts a graceful shutdown: claiming stops, running jobs get `--grace`
+seconds to finish, then they are cancelled and handed back to the queue; a second signal cuts
+the grace period short. Exit code: 0 when every claimed job finished; 143 (SIGTERM) or 130
+(SIGINT) when jobs had to be handed back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import anyio
+
+from engine.cli.run import EXIT_SIGNAL, open_engine
+from engine.domain.job import JobOutcome
+from engine.worker import WorkerPool, WorkerSettings
+
+
+async def worker(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    received: list[signal.Signals] = []
+    async with open_engine(args) as eng:
+        settings = WorkerSettings.from_settings(
+            eng.settings.async_,
+            concurrency=args.concurrency,
+            poll_interval=args.poll_interval,
+            burst=args.burst,
+            grace=args.grace,
+        )
+        pool = WorkerPool(eng, settings, on_outcome=None if args.quiet else _print_outcome)
+        mode = "burst" if settings.burst else "until stopped"
+        print(
+            f"worker {pool.worker_id}: concurrency {settings.concurrency}, {mode}, "
+            f"store {eng.store.location}",
+            file=sys.stderr,
+            flush=True,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, pool, received)
+            await pool.run()
+            tg.cancel_scope.cancel()
+    stats = pool.statistics()
+    print(
+        f"worker {pool.worker_id}: {stats.processed} processed ({stats.succeeded} succeeded, "
+        f"{stats.failed} failed, {stats.cancelled} cancelled), {stats.handed_back} handed back, "
+        f"{stats.fenced} fenced, {stats.rescued} rescued",
+        file=sys.stderr,
+    )
+    if received and stats.handed_back:
+        return EXIT_SIGNAL[received[0]]
+    return 0
+
+
+def _print_outcome(outcome: JobOutcome, applied: bool) -> None:
+    if not applied:
+        print(f"job {outcome.job_id}: claim lost, outcome not recorded", flush=True)
+        return
+    run = f" (run {outcome.run_id})" if outcome.run_id else ""
+    print(f"job {outcome.job_id} {outcome.status.value}{run}", flush=True)
+
+
+async def _watch_signals(pool: WorkerPool, received: list[signal.Signals]) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            received.append(signal.Signals(signum))
+            pool.stop(grace=0 if len(received) > 1 else None)

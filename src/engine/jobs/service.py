@@ -1,0 +1,93 @@
+"""`JobService`: submitting, reading and cancelling background jobs over the `JobStore` port.
+
+This module owns the user-facing side of the queue (what `submit`, `jobs ...` and `diagnostics`
+do); the worker's side (claiming, heartbeats, fencing) is `engine.worker`. It never talks to a
+database directly and reads time only from the injected `Clock`.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from engine.config import AsyncSettings
+from engine.domain.job import DEFAULT_MAX_ATTEMPTS, AsyncJob
+from engine.domain.plan import Plan
+from engine.domain.states import AsyncJobStatus
+from engine.errors import JobNotFoundError
+from engine.jobs.diagnostics import Diagnostics, WorkerHealth
+from engine.ports.clock import Clock
+from engine.ports.store import JobStore
+
+
+class JobService:
+    def __init__(self, store: JobStore, clock: Clock, settings: AsyncSettings) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = settings
+        #: Called after every submit: wakes idle worker pools of this process at once.
+        self._listeners: builtins.list[Callable[[], None]] = []
+
+    def on_submit(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` after each submit; returns the function that unsubscribes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    async def submit(
+        self,
+        plan: Plan,
+        *,
+        workdir: Path | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> AsyncJob:
+        """Queue `plan` (validated: it is a `Plan`); its steps will run in `workdir` (default:
+        the plan file's folder). `max_attempts`: claims before a lost worker fails the job."""
+        job = AsyncJob.new(plan, self.clock.now(), workdir=workdir, max_attempts=max_attempts)
+        await self.store.enqueue_jobs([job])
+        for listener in builtins.list(self._listeners):
+            listener()
+        return job
+
+    async def get(self, job_id: str) -> AsyncJob:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise JobNotFoundError(job_id, self._where)
+        return job
+
+    async def list(
+        self, *, status: AsyncJobStatus | None = None, limit: int | None = None
+    ) -> builtins.list[AsyncJob]:
+        """Newest first."""
+        return await self.store.list_jobs(status=status, limit=limit)
+
+    async def cancel(self, job_id: str) -> AsyncJob:
+        """A queued job is cancelled at once; a running one gets `cancel_requested` and its
+        worker cancels it within one heartbeat. A finished job is returned unchanged."""
+        job = await self.store.request_cancel(job_id, self.clock.now())
+        if job is None:
+            raise JobNotFoundError(job_id, self._where)
+        return job
+
+    async def diagnostics(self, stale_locks: int) -> Diagnostics:
+        """What `diagnostics` reports; reads only."""
+        now = self.clock.now()
+        stuck_after = timedelta(seconds=self.settings.stuck_after)
+        workers = [
+            WorkerHealth(record, (now - record.last_heartbeat).total_seconds())
+            for record in await self.store.list_workers()
+        ]
+        return Diagnostics(
+            at=now,
+            stuck_after=self.settings.stuck_after,
+            workers=workers,
+            queue=await self.store.count_jobs(),
+            stuck=await self.store.list_stuck_jobs(now - stuck_after),
+            stale_locks=stale_locks,
+        )
+
+    @property
+    def _where(self) -> str | None:
+        location = getattr(self.store, "location", None)
+        return location if isinstance(location, str) else None

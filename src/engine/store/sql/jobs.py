@@ -1,0 +1,328 @@
+"""`SqlJobs`: the job part of the store port in SQL (a base of `SqlStore`).
+
+The claim is ONE statement on SQLite and PostgreSQL alike:
+
+    [WITH picked AS MATERIALIZED (                    -- PostgreSQL
+        SELECT id FROM engine_jobs WHERE status = 'queued' ORDER BY id LIMIT :n
+        FOR UPDATE SKIP LOCKED)]
+    UPDATE engine_jobs SET status = 'running', worker_id = :w, attempts = attempts + 1, ...
+    WHERE id IN (SELECT id FROM picked)               -- SQLite: the subselect itself
+      AND status = 'queued'
+    RETURNING *
+
+SQLite has one writer at a time, so the subselect and the update see the same rows. On
+PostgreSQL the CTE is materialized (evaluated once; inlined, the planner may re-run it per row
+and claim more than `:n` jobs), SKIP LOCKED lets concurrent claimers take different rows
+instead of queueing behind each other, and the outer `status = 'queued'` is re-checked against
+the latest row version (READ COMMITTED re-evaluates the WHERE of an UPDATE after waiting for a
+concurrent writer), so a job can never be claimed twice. `attempts + 1` is the claim's fencing
+token: every later write of the worker is
+`... WHERE id = :id AND status = 'running' AND worker_id = :w AND attempts = :t`.
+
+Single statements run in autocommit; batches (completions, heartbeat + worker row, rescues) in
+one short transaction; completions are one executemany per batch. On SQLite every write takes
+the process's write lock, shared with the recorder and the locks. Driver errors become
+`StoreError`s here (`translated`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from datetime import datetime
+from typing import Any
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord, lost_worker_message
+from engine.domain.states import TERMINAL_JOB_STATUSES, AsyncJobStatus
+from engine.store.sql.engine import autocommit, writer
+from engine.store.sql.errors import translated
+from engine.store.sql.tables import jobs, workers
+
+_QUEUED, _RUNNING = AsyncJobStatus.QUEUED.value, AsyncJobStatus.RUNNING.value
+_TERMINAL = [s.value for s in TERMINAL_JOB_STATUSES]
+_B = sa.bindparam
+
+#: A worker's write for a job it claimed, fenced by its token (see the module docstring).
+_FINISH = (
+    sa.update(jobs)
+    .where(
+        jobs.c.id == _B("b_id"),
+        jobs.c.status == _RUNNING,
+        jobs.c.worker_id == _B("b_worker"),
+        jobs.c.attempts == _B("b_token"),
+    )
+    .values(
+        status=_B("b_status"),
+        finished_at=_B("b_finished", type_=jobs.c.finished_at.type),
+        worker_id=sa.case((_B("b_back", type_=sa.Boolean()), None), else_=jobs.c.worker_id),
+        last_heartbeat=sa.case(
+            (_B("b_back", type_=sa.Boolean()), None), else_=jobs.c.last_heartbeat
+        ),
+        error_message=_B("b_error"),
+        result=_B("b_result"),
+        run_id=sa.func.coalesce(_B("b_run", type_=jobs.c.run_id.type), jobs.c.run_id),
+    )
+)
+#: Outcomes written per executemany.
+_CHUNK = 500
+
+
+def _finish_params(out: JobOutcome) -> dict[str, Any]:
+    back = out.status is AsyncJobStatus.QUEUED
+    return {
+        "b_id": out.job_id,
+        "b_worker": out.worker_id,
+        "b_token": out.token,
+        "b_status": out.status.value,
+        "b_finished": None if back else out.at,
+        "b_back": back,
+        "b_error": out.error_message,
+        "b_result": out.result,
+        "b_run": out.run_id,
+    }
+
+
+def _job(row: RowMapping) -> AsyncJob:
+    return AsyncJob.model_validate(dict(row))
+
+
+def _worker(row: RowMapping) -> WorkerRecord:
+    return WorkerRecord(**dict(row))
+
+
+class SqlJobs:
+    """Needs `_write_lock` from the store it is a base of (SQLite's in-process writer lock)."""
+
+    _write_lock: anyio.Lock
+    _location: str
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._jobs_engine = engine
+        self._jobs_sqlite = engine.dialect.name == "sqlite"
+        self._jobs_single = (
+            autocommit(engine)
+            if self._jobs_sqlite
+            else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+        self._jobs_writer = writer(engine)
+        insert = sqlite.insert if self._jobs_sqlite else postgresql.insert
+        new = insert(workers)
+        self._upsert_worker = new.on_conflict_do_update(
+            index_elements=[workers.c.id],
+            set_={c.name: new.excluded[c.name] for c in workers.c if c.name != "id"},
+        )
+
+    def _jobs_writing(self) -> AbstractAsyncContextManager[Any]:
+        """SQLite's in-process writer lock; nothing on PostgreSQL (row locks suffice)."""
+        return self._write_lock if self._jobs_sqlite else nullcontext()
+
+    async def _jobs_one(self, doing: str, statement: sa.Executable, params: Any = None) -> Any:
+        """One statement in autocommit: its rows (fetched before the cursor closes) or its
+        rowcount."""
+        lock = self._jobs_writing()
+        async with lock:
+            with translated(self._location, doing):
+                async with self._jobs_single.begin() as conn:
+                    result = await conn.execute(statement, params)
+                    return result.mappings().all() if result.returns_rows else result.rowcount
+
+    async def _jobs_read(self, doing: str, query: sa.Executable) -> list[RowMapping]:
+        with translated(self._location, doing):
+            async with self._jobs_engine.connect() as conn:
+                return list((await conn.execute(query)).mappings().all())
+
+    # -- the queue -----------------------------------------------------------------------------
+
+    async def enqueue_jobs(self, new: Sequence[AsyncJob]) -> None:
+        if not new:
+            return
+        rows = [job.model_dump() for job in new]
+        async with self._jobs_writing():
+            with translated(self._location, "enqueueing jobs"):
+                async with self._jobs_writer.begin() as conn:
+                    await conn.execute(sa.insert(jobs), rows)
+
+    async def claim_jobs(self, worker_id: str, now: datetime, limit: int) -> list[AsyncJob]:
+        oldest = (
+            sa.select(jobs.c.id).where(jobs.c.status == _QUEUED).order_by(jobs.c.id).limit(limit)
+        )
+        picked: sa.ScalarSelect[str] | sa.Select[tuple[str]]
+        if self._jobs_sqlite:
+            picked = oldest.scalar_subquery()
+        else:
+            # A MATERIALIZED CTE runs the locking subselect once: as a plain `IN (subquery)`
+            # PostgreSQL may re-run it per row and claim more than `limit` jobs.
+            cte = oldest.with_for_update(skip_locked=True).cte("picked")
+            picked = sa.select(cte.prefix_with("MATERIALIZED").c.id)
+        claim = (
+            sa.update(jobs)
+            .where(jobs.c.id.in_(picked), jobs.c.status == _QUEUED)
+            .values(
+                status=_RUNNING,
+                worker_id=worker_id,
+                attempts=jobs.c.attempts + 1,
+                started_at=now,
+                last_heartbeat=now,
+                finished_at=None,
+            )
+            .returning(*jobs.c)
+        )
+        rows = await self._jobs_one("claiming jobs", claim)
+        return sorted((_job(r) for r in rows), key=lambda j: j.id)
+
+    async def heartbeat(self, worker: WorkerRecord) -> list[JobBeat]:
+        beat = (
+            sa.update(jobs)
+            .where(jobs.c.worker_id == worker.id, jobs.c.status == _RUNNING)
+            .values(last_heartbeat=worker.last_heartbeat)
+            .returning(jobs.c.id, jobs.c.attempts, jobs.c.cancel_requested)
+        )
+        row = {f: getattr(worker, f) for f in WorkerRecord.__dataclass_fields__}
+        async with self._jobs_writing():
+            with translated(self._location, "writing a heartbeat"):
+                async with self._jobs_writer.begin() as conn:
+                    rows = (await conn.execute(beat)).all()
+                    await conn.execute(self._upsert_worker, row)
+        return sorted((JobBeat(i, a, bool(c)) for i, a, c in rows), key=lambda b: b.job_id)
+
+    async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[str]:
+        applied: list[str] = []
+        async with self._jobs_writing():
+            with translated(self._location, "recording job outcomes"):
+                async with self._jobs_writer.begin() as conn:
+                    for start in range(0, len(outcomes), _CHUNK):
+                        chunk = outcomes[start : start + _CHUNK]
+                        applied.extend(await self._finish(conn, chunk))
+        return applied
+
+    async def _finish(self, conn: AsyncConnection, outcomes: Sequence[JobOutcome]) -> list[str]:
+        """Two statements per batch: read the claims (locking them on PostgreSQL; SQLite's
+        write lock is held already), then one executemany of the fenced update for those still
+        held with the outcome's token."""
+        held = sa.select(jobs.c.id, jobs.c.worker_id, jobs.c.attempts).where(
+            jobs.c.id.in_([o.job_id for o in outcomes]), jobs.c.status == _RUNNING
+        )
+        if not self._jobs_sqlite:
+            held = held.with_for_update()
+        claims = {i: (w, a) for i, w, a in (await conn.execute(held)).all()}
+        mine = [o for o in outcomes if claims.get(o.job_id) == (o.worker_id, o.token)]
+        if mine:
+            await conn.execute(_FINISH, [_finish_params(o) for o in mine])
+        return [o.job_id for o in mine]
+
+    async def request_cancel(self, job_id: str, now: datetime) -> AsyncJob | None:
+        at_once = (
+            sa.update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == _QUEUED)
+            .values(
+                status=AsyncJobStatus.CANCELLED.value,
+                finished_at=now,
+                error_message="cancelled while queued",
+            )
+            .returning(*jobs.c)
+        )
+        ask = (
+            sa.update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == _RUNNING)
+            .values(cancel_requested=True)
+            .returning(*jobs.c)
+        )
+        # In this order: a job claimed between the two statements is caught by the second.
+        for statement in (at_once, ask):
+            rows = await self._jobs_one(f"cancelling job {job_id}", statement)
+            if rows:
+                return _job(rows[0])
+        return await self.get_job(job_id)
+
+    async def rescue_stuck_jobs(self, now: datetime, stuck_before: datetime) -> list[AsyncJob]:
+        stuck = await self.list_stuck_jobs(stuck_before)
+        if not stuck:
+            return []
+        rescued: list[AsyncJob] = []
+        async with self._jobs_writing():
+            with translated(self._location, "rescuing stuck jobs"):
+                async with self._jobs_writer.begin() as conn:
+                    for job in stuck:
+                        row = await self._rescue(conn, job, now, stuck_before)
+                        if row is not None:
+                            rescued.append(_job(row))
+        return rescued
+
+    @staticmethod
+    async def _rescue(
+        conn: AsyncConnection, job: AsyncJob, now: datetime, stuck_before: datetime
+    ) -> RowMapping | None:
+        assert job.last_heartbeat is not None
+        values: dict[str, Any] = {
+            "error_message": lost_worker_message(job.worker_id, job.last_heartbeat, now)
+        }
+        if job.cancel_requested:
+            values.update(status=AsyncJobStatus.CANCELLED.value, finished_at=now)
+        elif job.attempts < job.max_attempts:
+            values.update(status=_QUEUED, worker_id=None, last_heartbeat=None)
+        else:
+            values.update(status=AsyncJobStatus.FAILED.value, finished_at=now)
+        statement = (
+            sa.update(jobs)
+            .where(
+                jobs.c.id == job.id,
+                jobs.c.status == _RUNNING,
+                jobs.c.attempts == job.attempts,
+                jobs.c.last_heartbeat < stuck_before,
+            )
+            .values(values)
+            .returning(*jobs.c)
+        )
+        return (await conn.execute(statement)).mappings().first()
+
+    async def delete_finished_jobs(self, before: datetime) -> int:
+        statement = sa.delete(jobs).where(jobs.c.status.in_(_TERMINAL), jobs.c.finished_at < before)
+        count: int = await self._jobs_one("deleting finished jobs", statement)
+        return count
+
+    async def forget_workers(self, seen_before: datetime, *, worker_id: str | None = None) -> int:
+        which = workers.c.id == worker_id if worker_id else workers.c.last_heartbeat < seen_before
+        count: int = await self._jobs_one("forgetting workers", sa.delete(workers).where(which))
+        return count
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> AsyncJob | None:
+        query = sa.select(jobs).where(jobs.c.id == job_id)
+        rows = await self._jobs_read(f"reading job {job_id}", query)
+        return _job(rows[0]) if rows else None
+
+    async def list_jobs(
+        self, *, status: AsyncJobStatus | None = None, limit: int | None = None
+    ) -> list[AsyncJob]:
+        query = sa.select(jobs).order_by(jobs.c.id.desc())
+        if status is not None:
+            query = query.where(jobs.c.status == status.value)
+        if limit is not None:
+            query = query.limit(limit)
+        return [_job(r) for r in await self._jobs_read("listing jobs", query)]
+
+    async def count_jobs(self) -> dict[AsyncJobStatus, int]:
+        query = sa.select(jobs.c.status, sa.func.count().label("n")).group_by(jobs.c.status)
+        counts = dict.fromkeys(AsyncJobStatus, 0)
+        for row in await self._jobs_read("counting jobs", query):
+            counts[AsyncJobStatus(row["status"])] = row["n"]
+        return counts
+
+    async def list_stuck_jobs(self, stuck_before: datetime) -> list[AsyncJob]:
+        query = (
+            sa.select(jobs)
+            .where(jobs.c.status == _RUNNING, jobs.c.last_heartbeat < stuck_before)
+            .order_by(jobs.c.id)
+        )
+        return [_job(r) for r in await self._jobs_read("finding stuck jobs", query)]
+
+    async def list_workers(self) -> list[WorkerRecord]:
+        rows = await self._jobs_read("listing workers", sa.select(workers).order_by(workers.c.id))
+        return [_worker(r) for r in rows]

@@ -1,0 +1,287 @@
+"""`WorkerPool`: claims background jobs and runs up to `concurrency` of them at once.
+
+This module owns the worker's lifecycle: claiming (batches, as many as there are free slots),
+heartbeats (one store call for all of its jobs), what a heartbeat reveals (a cancel request, a
+claim lost to another worker), stuck detection and TTL cleanup on behalf of every worker,
+self-fencing, batched completion writes, and graceful shutdown. Running one job is
+`engine.worker.runner`; the queue's atomicity is the store's (`JobStore`). Structured
+concurrency only: `await task_group.start(pool.run)` runs it inside an application's task
+group; `pool.stop()` asks it to finish (docs/jobs.md has the shutdown sequence).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from engine.domain.job import AsyncJob, JobOutcome, WorkerRecord, new_worker_id
+from engine.domain.states import AsyncJobStatus
+from engine.errors import StoreError
+from engine.redaction import Redactor
+from engine.worker.models import WorkerHealthReport, WorkerSettings
+from engine.worker.outcomes import OutcomeWriter
+from engine.worker.runner import RunningJob, StopReason, run_job
+
+if TYPE_CHECKING:
+    from engine.app import Engine
+
+logger = logging.getLogger("engine.worker")
+
+#: The shortest idle wait; doubled per empty poll up to `poll_interval`.
+MIN_IDLE = 0.005
+#: After a slot frees while others are busy, how long to wait for more to free (one claim for
+#: several slots instead of one claim per slot).
+COALESCE = 0.002
+#: How often finished jobs and long-gone workers are purged (at most; also once at start).
+TTL_EVERY = 60.0
+#: How long the last outcomes may take to be written when the pool stops.
+FLUSH_TIMEOUT = 10.0
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: WorkerSettings,
+        *,
+        worker_id: str | None = None,
+        on_outcome: Callable[[JobOutcome, bool], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.worker_id = worker_id or new_worker_id()
+        self.clock = engine.clock
+        self._store = engine.store
+        self._redact = Redactor()
+        self._running: dict[str, RunningJob] = {}
+        self._report = WorkerHealthReport(self.worker_id, settings.concurrency)
+        self._writer = OutcomeWriter(self._store, self._report, on_outcome)
+        self._wake = anyio.Event()
+        self._stopping = False
+        self._hurry = anyio.Event()
+        self._last_beat_ok = 0.0
+        self._next_ttl = 0.0
+
+    # -- control -------------------------------------------------------------------------------
+
+    def stop(self, *, grace: float | None = None) -> None:
+        """Stop claiming; let running jobs finish for `grace` seconds (the settings' by default),
+        then cancel them and hand them back to the queue. A second call with `grace=0` cuts
+        the grace period short."""
+        if grace is not None and grace <= 0:
+            self._hurry.set()
+        self._stopping = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Poll now (a job was submitted, a slot freed, or a notification arrived)."""
+        self._wake.set()
+
+    def statistics(self) -> WorkerHealthReport:
+        self._report.running = len(self._running)
+        return self._report.snapshot()
+
+    # -- the pool --------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until `stop()` (or, with `burst`, until the queue is empty); every job it
+        claimed is finished, handed back or fenced off when this returns."""
+        self._report.started_at = self.clock.now()
+        await self._heartbeat()  # registers the worker; a store that fails stops us here
+        await self._maintain()
+        unsubscribe = self.engine.jobs.on_submit(self.wake)
+        try:
+            async with anyio.create_task_group() as services:
+                services.start_soon(self._writer.run)
+                services.start_soon(self._heartbeat_loop)
+                async with anyio.create_task_group() as jobs:
+                    task_status.started()
+                    await self._claim_loop(jobs)
+                    await self._wind_down()
+                await self._writer.flush(FLUSH_TIMEOUT)
+                services.cancel_scope.cancel()
+        finally:
+            unsubscribe()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(FLUSH_TIMEOUT):
+                await self._writer.drain()  # hand-backs of jobs cancelled from outside
+                try:
+                    await self._store.forget_workers(self.clock.now(), worker_id=self.worker_id)
+                except StoreError as exc:
+                    logger.warning("worker %s: could not unregister: %s", self.worker_id, exc)
+
+    async def _claim_loop(self, jobs: TaskGroup) -> None:
+        idle = MIN_IDLE
+        concurrency = self.settings.concurrency
+        while not self._stopping:
+            free = concurrency - len(self._running)
+            if free <= 0:
+                await self._wait_for_wake(None)
+                continue
+            if free < concurrency:
+                with anyio.move_on_after(COALESCE):
+                    while len(self._running) > concurrency // 2 and not self._stopping:
+                        await self._wait_for_wake(None)
+                free = concurrency - len(self._running)
+            self._wake = anyio.Event()
+            try:
+                claimed = await self._store.claim_jobs(self.worker_id, self.clock.now(), free)
+            except StoreError as exc:
+                self._report.store_errors += 1
+                logger.warning("worker %s: claiming failed: %s", self.worker_id, exc)
+                await self._wait_for_wake(self.settings.poll_interval)
+                continue
+            if claimed:
+                idle = MIN_IDLE
+                for job in claimed:
+                    self._start(jobs, job)
+                continue
+            if self.settings.burst:
+                if not self._running:
+                    return
+                await self._wait_for_wake(None)  # a job of ours ends, then look again
+                continue
+            await self._wait_for_wake(idle)
+            idle = min(idle * 2, self.settings.poll_interval)
+
+    def _start(self, jobs: TaskGroup, job: AsyncJob) -> None:
+        running = RunningJob(job, self.worker_id)
+        self._running[job.id] = running
+        self._report.claimed += 1
+        jobs.start_soon(self._run_one, running, name=f"job {job.id}")
+
+    async def _run_one(self, running: RunningJob) -> None:
+        outcome: JobOutcome | None = None
+        try:
+            outcome = await run_job(
+                self.engine,
+                running,
+                self.clock,
+                job_timeout=self.settings.job_timeout,
+                redact=self._redact,
+            )
+        except anyio.get_cancelled_exc_class():
+            # Cancelled from outside (the application's scope): hand the job back.
+            running.stop(StopReason.SHUTDOWN)
+            back = running.outcome(self.clock, AsyncJobStatus.QUEUED, "handed back: cancelled")
+            self._writer.add(back)
+            raise
+        finally:
+            del self._running[running.job.id]
+            self._wake.set()
+        if outcome is None:
+            self._report.fenced += 1
+            logger.warning("job %s: claim lost; its run was stopped", running.job.id)
+        else:
+            self._writer.add(outcome)
+
+    async def _wind_down(self) -> None:
+        """Graceful shutdown: let running jobs finish within the grace period, then hand the
+        rest back (their runs are cancelled; their locks released on the way out)."""
+        if not self._running or not self._stopping:
+            return
+        with anyio.move_on_after(self.settings.grace):
+            while self._running and not self._hurry.is_set():
+                await self._wait_for_wake(None, hurry=True)
+        for running in list(self._running.values()):
+            running.stop(StopReason.SHUTDOWN)
+
+    async def _wait_for_wake(self, seconds: float | None, *, hurry: bool = False) -> None:
+        """Until `wake()` (or a slot frees), at most `seconds` on the engine's clock."""
+        wake = self._wake
+        async with anyio.create_task_group() as tg:
+
+            async def waiter(event: anyio.Event) -> None:
+                await event.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(waiter, wake)
+            if hurry:
+                tg.start_soon(waiter, self._hurry)
+            if seconds is not None:
+                await self.clock.sleep(seconds)
+                tg.cancel_scope.cancel()
+        if wake.is_set() and wake is self._wake:
+            self._wake = anyio.Event()
+
+    # -- heartbeats and maintenance ----------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.settings.heartbeat_interval)
+            await self._heartbeat()
+            await self._maintain()
+
+    async def _heartbeat(self) -> None:
+        """One heartbeat for all our jobs; act on what it says about each."""
+        now = self.clock.now()
+        held = dict(self._running)  # claimed before the statement: judged by its answer
+        report = self._report
+        record = WorkerRecord(
+            id=self.worker_id,
+            host=socket.gethostname()[:255],
+            pid=os.getpid(),
+            started_at=report.started_at or now,
+            last_heartbeat=now,
+            concurrency=self.settings.concurrency,
+            processed=report.processed,
+            failed=report.failed,
+            cancelled=report.cancelled,
+        )
+        try:
+            beats = await self._store.heartbeat(record)
+        except StoreError as exc:
+            report.heartbeat_failures += 1
+            silent = self.clock.monotonic() - self._last_beat_ok
+            logger.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
+            if report.last_heartbeat is None:
+                raise
+            if silent > self.settings.stuck_after / 2 and self._running:
+                # Another worker may rescue our jobs soon: stop them first (self-fencing).
+                logger.error(
+                    "worker %s: no heartbeat for %.1fs; stopping its jobs", self.worker_id, silent
+                )
+                for running in list(self._running.values()):
+                    running.stop(StopReason.LOST)
+            return
+        self._last_beat_ok = self.clock.monotonic()
+        report.last_heartbeat = now
+        current = {beat.job_id: beat for beat in beats}
+        for job_id, running in held.items():
+            beat = current.get(job_id)
+            if job_id not in self._running:
+                continue  # it ended meanwhile
+            if beat is None or beat.token != running.job.attempts:
+                running.stop(StopReason.LOST)
+            elif beat.cancel_requested:
+                running.stop(StopReason.CANCEL_REQUESTED)
+
+    async def _maintain(self) -> None:
+        """Rescue jobs of lost workers; now and then, purge old finished jobs and workers."""
+        now = self.clock.now()
+        settings = self.settings
+        try:
+            rescued = await self._store.rescue_stuck_jobs(
+                now, now - timedelta(seconds=settings.stuck_after)
+            )
+            if self.clock.monotonic() >= self._next_ttl:
+                self._next_ttl = self.clock.monotonic() + min(TTL_EVERY, settings.job_ttl)
+                ttl = now - timedelta(seconds=settings.job_ttl)
+                self._report.purged += await self._store.delete_finished_jobs(ttl)
+                await self._store.forget_workers(ttl)
+        except StoreError as exc:
+            self._report.store_errors += 1
+            logger.warning("worker %s: maintenance failed: %s", self.worker_id, exc)
+            return
+        for job in rescued:
+            self._report.rescued += 1
+            logger.warning("job %s: %s -> %s", job.id, job.error_message, job.status.value)
+        if rescued:
+            self.wake()
+

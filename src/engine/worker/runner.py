@@ -1,0 +1,166 @@
+"""Running ONE claimed job: its plan through the engine's own run path, and the outcome to record.
+
+The plan runs exactly as `python -m engine run` would run it (`Engine.prepare_run` and
+`PreparedRun.execute`: locks, recorder, dispatcher), so the run is recorded and the job is linked
+to it by run id. The job's cancel scope is the pool's handle on it: cancelling it (a cancel
+request, a lost claim, shutdown) kills the run's processes before `run_job` returns. Everything
+persisted from a failure goes through the redactor first. This module never writes to the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+
+from engine.domain.job import AsyncJob, JobOutcome, deserialize_job_payload
+from engine.domain.plan import Plan
+from engine.domain.results import RunResult
+from engine.domain.states import AsyncJobStatus, RunState, SubplanState
+from engine.errors import EngineError, JobPayloadError
+from engine.ports.clock import Clock
+from engine.redaction import Redactor
+
+if TYPE_CHECKING:
+    from engine.app import PreparedRun
+
+logger = logging.getLogger("engine.worker")
+
+#: Longest error message stored for a job (the run's own records keep everything).
+MAX_ERROR_CHARS = 4000
+#: Output lines of each failed subplan quoted in a job's error.
+TAIL_LINES = 5
+
+
+class StopReason(Enum):
+    """Why the pool cancelled a job's scope; decides what is recorded."""
+
+    #: `jobs cancel`: the owner records `cancelled`.
+    CANCEL_REQUESTED = "cancel requested"
+    #: The claim is no longer ours (fenced, or our heartbeats failed): record nothing.
+    LOST = "claim lost"
+    #: Graceful shutdown after the grace period: hand the job back to `queued`.
+    SHUTDOWN = "worker shutting down"
+
+
+class Preparer(Protocol):
+    """What the runner needs of the engine (`engine.app.Engine`)."""
+
+    def prepare_run(self, plan: Plan, *, lock_wait: float = 0.0) -> PreparedRun: ...
+
+
+@dataclass(slots=True)
+class RunningJob:
+    """A claimed job in this worker: its claim (the token is `job.attempts`) and its scope."""
+
+    job: AsyncJob
+    worker_id: str
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    reason: StopReason | None = None
+    run_id: str | None = None
+
+    def stop(self, reason: StopReason) -> None:
+        """Cancel the job's scope; the first reason given is the one that counts."""
+        if self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
+
+    def outcome(
+        self,
+        clock: Clock,
+        status: AsyncJobStatus,
+        error: str | None = None,
+        result: str | None = None,
+    ) -> JobOutcome:
+        return JobOutcome(
+            job_id=self.job.id,
+            worker_id=self.worker_id,
+            token=self.job.attempts,
+            status=status,
+            at=clock.now(),
+            error_message=error,
+            result=result,
+            run_id=self.run_id,
+        )
+
+
+async def run_job(
+    engine: Preparer,
+    running: RunningJob,
+    clock: Clock,
+    *,
+    job_timeout: float,
+    redact: Redactor,
+) -> JobOutcome | None:
+    """Run the job's plan to its end; the outcome to record (None: the claim was lost)."""
+    try:
+        payload = deserialize_job_payload(running.job.payload)
+    except JobPayloadError as exc:
+        return running.outcome(clock, AsyncJobStatus.FAILED, redact(str(exc)))
+    prepared: PreparedRun | None = None
+    error: str | None = None
+    with running.scope:
+        # A plan already running elsewhere (its plan lock) is waited for, within the timeout.
+        with anyio.move_on_after(job_timeout) as timeout:
+            try:
+                prepared = engine.prepare_run(payload.plan, lock_wait=job_timeout)
+                running.run_id = prepared.run_id
+                await prepared.execute()
+            except EngineError as exc:
+                error = str(exc)
+            except Exception as exc:  # a bug must fail the job, not the pool
+                logger.exception("job %s: unexpected error", running.job.id)
+                error = f"{type(exc).__name__}: {exc}"
+    result = prepared.result() if prepared is not None else None
+    summary = _summary(result) if result is not None else None
+    if running.reason is StopReason.LOST:
+        return None
+    if running.reason is StopReason.SHUTDOWN:
+        return running.outcome(
+            clock, AsyncJobStatus.QUEUED, f"handed back: {running.worker_id} shut down", summary
+        )
+    if running.reason is StopReason.CANCEL_REQUESTED:
+        return running.outcome(clock, AsyncJobStatus.CANCELLED, "cancelled by request", summary)
+    if timeout.cancelled_caught:
+        message = f"timed out after {job_timeout:g}s (async.job_timeout)"
+        return running.outcome(clock, AsyncJobStatus.FAILED, message, summary)
+    if error is not None:
+        return running.outcome(clock, AsyncJobStatus.FAILED, _cut(redact(error)), summary)
+    assert result is not None
+    if result.state is RunState.COMPLETED:
+        return running.outcome(clock, AsyncJobStatus.SUCCEEDED, None, summary)
+    cancelled = result.state is RunState.CANCELLED
+    status = AsyncJobStatus.CANCELLED if cancelled else AsyncJobStatus.FAILED
+    return running.outcome(clock, status, _cut(redact(failure_text(result))), summary)
+
+
+def failure_text(result: RunResult) -> str:
+    """The run's error, then each failed subplan's error and the last lines of its output."""
+    lines = [result.error or f"run {result.run_id} {result.state.value}"]
+    for path, sub in result.subplans.items():
+        if sub.state is not SubplanState.FAILED or sub.kind == "group":
+            continue
+        lines.append(f"{path}: {sub.error or 'failed'}")
+        if sub.output_tail:
+            lines.extend(f"  | {line}" for line in sub.output_tail.splitlines()[-TAIL_LINES:])
+    return "\n".join(lines)
+
+
+def _summary(result: RunResult) -> str:
+    states = Counter(s.state.value for s in result.subplans.values())
+    data = {
+        "run_id": result.run_id,
+        "state": result.state.value,
+        "duration": round(result.duration, 6) if result.duration is not None else None,
+        "subplans": dict(sorted(states.items())),
+    }
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
