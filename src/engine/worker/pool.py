@@ -284,4 +284,3 @@ class WorkerPool:
             logger.warning("job %s: %s -> %s", job.id, job.error_message, job.status.value)
         if rescued:
             self.wake()
-
