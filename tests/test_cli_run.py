@@ -67,7 +67,13 @@ def test_events_jsonl_to_file(tmp_path: Path) -> None:
     events_file = tmp_path / "events.jsonl"
     proc = run_engine("run", str(plan), "--events", str(events_file), "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    events = [json.loads(line) for line in events_file.read_text().splitlines()]
+    every = [json.loads(line) for line in events_file.read_text().splitlines()]
+    # The plan's lock is taken before the run starts and freed after it ended.
+    assert [(e["type"], e.get("resource")) for e in (every[0], every[-1])] == [
+        ("lock.acquired", "plan:demo"),
+        ("lock.released", "plan:demo"),
+    ]
+    events = [e for e in every if not e["type"].startswith("lock.")]
     assert events[0]["type"] == "run.state"
     assert events[0]["to"] == "running"
     assert events[-1]["to"] == "completed"

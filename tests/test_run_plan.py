@@ -14,6 +14,7 @@ import pytest
 import engine
 import stepkit
 from engine import Event, Plan, RunState, SubplanState, SubplanStateChanged
+from engine.domain.events import LockEvent
 from engine.errors import AggregateSubplanError, InvalidTransitionError, SubplanExecutionError
 
 PY = sys.executable
@@ -312,6 +313,8 @@ async def test_engine_events_subscription_sees_every_transition(
                 except anyio.WouldBlock:
                     break
     assert result.ok
+    assert [e.type for e in seen if isinstance(e, LockEvent)] == ["lock.acquired", "lock.released"]
+    seen = [e for e in seen if not isinstance(e, LockEvent)]
     assert [e.type for e in seen] == ["run.state"] + ["subplan.state"] * 4 + ["run.state"]
     assert [e.seq for e in seen] == list(range(1, 7))
     assert {e.run_id for e in seen} == {result.run_id}

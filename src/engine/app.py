@@ -198,8 +198,8 @@ class Engine:
             await self._tg.start(recorder.run)
             stack.enter_context(self.bus.listening(recorder))
             self._recorder = recorder
-            self._locks = LockService(self._store, self.clock)
-            self._jobs = JobService(self._store, self.clock, self.settings.async_)
+            self._locks = LockService(self._store, self.clock, bus=self.bus)
+            self._jobs = JobService(self._store, self.clock, self.settings.async_, bus=self.bus)
             if self.purge_expired_locks:
                 await self._locks.cleanup_expired()
             delegation_stack = AsyncExitStack()
@@ -569,7 +569,7 @@ def build_result(
         error=tracker.run_error,
         exception=failure,
         subplans={
-            path: SubplanResult.model_construct(
+            path: SubplanResult(
                 path=path,
                 kind=s.kind,
                 state=s.state,

@@ -37,6 +37,8 @@ from engine.domain.states import TERMINAL_RUN_STATES, TERMINAL_SUBPLAN_STATES
 from engine.errors import StoreError
 from engine.ports.store import Changes, NewRun, RunRecord, Store, SubplanRecord
 
+_RUN_EVENTS = (RunStateChanged, SubplanStateChanged, SubplanAttemptFailed)
+
 #: Seconds a non-terminal change may wait before it is written.
 MAX_DELAY = 0.5
 #: Ceiling of the backoff between attempts while the store fails.
@@ -127,7 +129,10 @@ class Recorder:
     # -- the producer side (called from the dispatcher's tasks; never awaits) ---------------
 
     def __call__(self, event: Event) -> None:
-        """The bus callback."""
+        """The bus callback. Only a run's own events are its log (`seq` 1, 2, ...); lock and
+        job events that name the run live in the locks and jobs tables instead."""
+        if not isinstance(event, _RUN_EVENTS):
+            return
         recording = self._recordings.get(event.run_id) if event.run_id is not None else None
         if recording is None:
             return

@@ -92,6 +92,7 @@ def _register_jobs(sub: Any, parser_class: type[argparse.ArgumentParser]) -> Non
         help="on SIGTERM/SIGINT, seconds running jobs get before they are handed back (10)",
     )
     p.add_argument("--quiet", action="store_true", help="no line per finished job")
+    p.add_argument("--events", metavar="PATH|-", help="write every event as a JSON line")
     _database(p)
     p.set_defaults(handler=worker_cmd.worker)
 

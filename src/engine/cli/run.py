@@ -97,7 +97,7 @@ async def drive(
     received: list[signal.Signals] = []
     with ExitStack() as stack:
         if args.events:
-            stack.enter_context(eng.bus.listening(_event_writer(args.events, stack)))
+            stack.enter_context(eng.bus.listening(event_writer(args.events, stack)))
         if not args.quiet:
             view: LiveView | PlainView
             if console.is_terminal:
@@ -156,7 +156,9 @@ async def _watch_signals(run_scope: anyio.CancelScope, received: list[signal.Sig
                 run_scope.cancel()
 
 
-def _event_writer(target: str, stack: ExitStack) -> _JsonLines:
+def event_writer(target: str, stack: ExitStack) -> _JsonLines:
+    """`--events PATH|-`: every event as a JSON line, flushed as it comes; the file is closed
+    with `stack`."""
     if target == "-":
         return _JsonLines(sys.stdout)
     try:

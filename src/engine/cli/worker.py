@@ -4,7 +4,8 @@ queue is empty).
 SIGTERM or SIGINT starts a graceful shutdown: claiming stops, running jobs get `--grace`
 seconds to finish, then they are cancelled and handed back to the queue; a second signal cuts
 the grace period short. Exit code: 0 when every claimed job finished; 143 (SIGTERM) or 130
-(SIGINT) when jobs had to be handed back.
+(SIGINT) when jobs had to be handed back. `--events PATH|-` writes every event (jobs, their
+runs, locks) as a JSON line, like `run --events`; with `-`, the per-job lines go to stderr.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from contextlib import ExitStack
 
 import anyio
 
-from engine.cli.run import EXIT_SIGNAL, open_engine
+from engine.cli.run import EXIT_SIGNAL, event_writer, open_engine
 from engine.domain.job import JobOutcome
 from engine.worker import WorkerPool, WorkerSettings
 
@@ -34,7 +37,7 @@ async def worker(args: argparse.Namespace) -> int:
             burst=args.burst,
             grace=args.grace,
         )
-        pool = WorkerPool(eng, settings, on_outcome=None if args.quiet else _print_outcome)
+        pool = WorkerPool(eng, settings, on_outcome=None if args.quiet else _outcome_printer(args))
         mode = "burst" if settings.burst else "until stopped"
         print(
             f"worker {pool.worker_id}: concurrency {settings.concurrency}, {mode}, "
@@ -42,10 +45,13 @@ async def worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, pool, received)
-            await pool.run()
-            tg.cancel_scope.cancel()
+        with ExitStack() as stack:
+            if args.events:
+                stack.enter_context(eng.bus.listening(event_writer(args.events, stack)))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_signals, pool, received)
+                await pool.run()
+                tg.cancel_scope.cancel()
     stats = pool.statistics()
     print(
         f"worker {pool.worker_id}: {stats.processed} processed ({stats.succeeded} succeeded, "
@@ -58,12 +64,18 @@ async def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_outcome(outcome: JobOutcome, applied: bool) -> None:
-    if not applied:
-        print(f"job {outcome.job_id}: claim lost, outcome not recorded", flush=True)
-        return
-    run = f" (run {outcome.run_id})" if outcome.run_id else ""
-    print(f"job {outcome.job_id} {outcome.status.value}{run}", flush=True)
+def _outcome_printer(args: argparse.Namespace) -> Callable[[JobOutcome, bool], None]:
+    """A line per finished job, on stdout unless `--events -` writes there."""
+    out = sys.stderr if args.events == "-" else sys.stdout
+
+    def print_outcome(outcome: JobOutcome, applied: bool) -> None:
+        if not applied:
+            print(f"job {outcome.job_id}: claim lost, outcome not recorded", file=out, flush=True)
+            return
+        run = f" (run {outcome.run_id})" if outcome.run_id else ""
+        print(f"job {outcome.job_id} {outcome.status.value}{run}", file=out, flush=True)
+
+    return print_outcome
 
 
 async def _watch_signals(pool: WorkerPool, received: list[signal.Signals]) -> None:

@@ -3,6 +3,8 @@
 The same objects feed the terminal view, `--events` JSON lines, the store and `async for`
 subscribers. `from`/`to` are serialized under those names (`from` is a Python keyword).
 Later event families (jobs, locks, delegations) add classes here; the `type` strings are stable.
+Only run and subplan events are part of a run's stored event log (`seq` per run); the other
+families number their events per emitter.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic_core import to_jsonable_python
 
-from engine.domain.states import DelegationState, RunState, SubplanState
+from engine.domain.states import AsyncJobStatus, DelegationState, RunState, SubplanState
 
 EVENT_SCHEMA_VERSION = 1
 
@@ -60,9 +62,6 @@ class SubplanAttemptFailed(Event):
     attempt: int
     error: str
     retry_in: float
-
-
-AnyEvent = RunStateChanged | SubplanStateChanged | SubplanAttemptFailed
 
 
 # --- Delegations (in-process background work; see engine.delegation) -------------------------
@@ -122,3 +121,60 @@ class DelegationCompleted(Event):
 
 
 AnyDelegationEvent = DelegationStateChanged | DelegationCompleted
+
+
+# --- Locks (engine.locks.service) and background jobs (engine.jobs, engine.worker) ----------
+
+
+LockEventType = Literal[
+    "lock.acquired",
+    "lock.renewed",
+    "lock.released",
+    "lock.lost",
+    "lock.expired",
+    "lock.force_released",
+]
+
+
+class LockEvent(Event):
+    """A lock changed hands: taken (not re-entered), renewed, released for good, lost or
+    expired (a renewal found it gone), or removed by `locks release --force`.
+
+    `seq` counts per lock service (one per engine). `owner` is the holder's id (for a forced
+    release, the holder it was taken from); `run_id` is the holding run's, where known.
+    """
+
+    type: LockEventType
+    resource: str
+    owner: str
+    expires_at: datetime | None = None
+    error: str | None = None
+
+
+class JobStateChanged(Event):
+    """A background job changed status; `from` is absent on submit (-> queued).
+
+    `seq` counts per engine. `attempt` is the job's claim count (its fencing token);
+    `worker_id` is the worker that made the change (absent for submit and cancel-while-queued);
+    `error` was redacted before it was stored; `run_id` is the run of that attempt, if any.
+    """
+
+    type: Literal["job.state"] = "job.state"
+    job_id: str
+    from_: AsyncJobStatus | None = Field(default=None, alias="from")
+    to: AsyncJobStatus
+    attempt: int = 0
+    worker_id: str | None = None
+    error: str | None = None
+
+
+#: Every event class (a run's own log holds only the first three).
+AnyEvent = (
+    RunStateChanged
+    | SubplanStateChanged
+    | SubplanAttemptFailed
+    | DelegationStateChanged
+    | DelegationCompleted
+    | LockEvent
+    | JobStateChanged
+)

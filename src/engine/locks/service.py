@@ -3,7 +3,8 @@
 This module owns the rules: re-entrancy, waiting (jittered exponential backoff, woken early when
 this service releases the resource), renewal in the background every ttl/3, and release on every
 exit path of `hold`. Atomicity is the store's (one statement per step); this module never talks
-to a database directly and reads time only from the injected `Clock`.
+to a database directly and reads time only from the injected `Clock`. Each change of hands is a
+`LockEvent` on the engine's bus (built only while somebody listens; re-entries are not events).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import anyio
 
+from engine.domain.events import LockEvent, LockEventType
 from engine.domain.lock import LockRecord, Owner, Resource
 from engine.errors import LockConflictError, LockExpiredError, LockNotFoundError, StoreError
+from engine.events import EventBus
 from engine.locks.models import Backoff, HeldLock, LockGuard, LockStatistics
 from engine.ports.clock import Clock
 from engine.ports.store import LockStore
@@ -39,11 +42,14 @@ class LockService:
         *,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.backoff = backoff or Backoff()
         self._rng = rng or random.Random()
+        self._bus = bus
+        self._seq = 0
         #: Called once per acquire that has to wait, with the conflict it waits out (the CLI
         #: prints "waiting for ..."). Must not block.
         self.on_wait: Callable[[LockConflictError], None] | None = None
@@ -79,6 +85,8 @@ class LockService:
         self._count("acquired")
         if record.depth > 1:
             self._count("reentered")
+        else:
+            self._emit("lock.acquired", res, who.id, record.run_id, record.expires_at)
         return record
 
     async def wait_until_free(
@@ -144,13 +152,14 @@ class LockService:
 
     async def release(self, resource: Resource | str, owner: Owner | str) -> bool:
         """Undo one acquire; False if `owner` does not hold the lock (any more)."""
-        res = Resource.of(resource)
-        left = await self.store.release_lock(res, _owner(owner).id)
+        res, who = Resource.of(resource), _owner(owner)
+        left = await self.store.release_lock(res, who.id)
         if left is None:
             return False
         self._count("released")
         if left == 0:
             self._notify_released()
+            self._emit("lock.released", res, who.id, who.run_id)
         return True
 
     async def renew(self, resource: Resource | str, owner: Owner | str, ttl: float) -> LockRecord:
@@ -162,18 +171,27 @@ class LockService:
         record = await self.store.renew_lock(res, who.id, now, now + timedelta(seconds=ttl))
         if record is not None:
             self._count("renewed")
+            self._emit("lock.renewed", res, who.id, record.run_id, record.expires_at)
             return record
         current = await self.store.get_lock(res)
         if current is None:
-            raise LockExpiredError(str(res), who.id, reason="it is no longer held")
-        if current.owner_id != who.id:
-            raise LockExpiredError(str(res), who.id, taken_by=current.owner_id)
-        raise LockExpiredError(str(res), who.id, current.expires_at)
+            lost = LockExpiredError(str(res), who.id, reason="it is no longer held")
+        elif current.owner_id != who.id:
+            lost = LockExpiredError(str(res), who.id, taken_by=current.owner_id)
+        else:
+            lost = LockExpiredError(str(res), who.id, current.expires_at)
+            self._emit("lock.expired", res, who.id, who.run_id, current.expires_at, str(lost))
+            raise lost
+        self._emit("lock.lost", res, who.id, who.run_id, error=str(lost))
+        raise lost
 
     async def release_all_for_owner(self, owner: Owner | str) -> builtins.list[Resource]:
-        released = await self.store.release_locks_of(_owner(owner).id)
+        who = _owner(owner)
+        released = await self.store.release_locks_of(who.id)
         if released:
             self._notify_released()
+        for res in released:
+            self._emit("lock.released", res, who.id, who.run_id)
         return released
 
     async def force_release(self, resource: Resource | str) -> LockRecord:
@@ -183,6 +201,7 @@ class LockService:
         if removed is None:
             raise LockNotFoundError(str(res), getattr(self.store, "location", None))
         self._notify_released()
+        self._emit("lock.force_released", res, removed.owner_id, removed.run_id, removed.expires_at)
         return removed
 
     async def cleanup_expired(self) -> int:
@@ -307,6 +326,14 @@ class LockService:
                     lost = LockExpiredError(
                         str(held.resource), held.owner.id, held.record.expires_at, reason=reason
                     )
+                    self._emit(
+                        "lock.expired",
+                        held.resource,
+                        held.owner.id,
+                        held.owner.run_id,
+                        held.record.expires_at,
+                        str(lost),
+                    )
                     self._lose(held, lost, scope)
                     return
                 interval = max(min(held.ttl / 10, left / 2), 0.01)
@@ -353,6 +380,36 @@ class LockService:
 
     def _count(self, name: str) -> None:
         self._stats[name] += 1
+
+    def _emit(
+        self,
+        type_: LockEventType,
+        resource: Resource,
+        owner_id: str,
+        run_id: str | None,
+        expires_at: datetime | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Publish a `LockEvent` if anybody listens. A failing subscriber is logged: it must
+        not leave a lock taken or freed without its holder knowing."""
+        bus = self._bus
+        if bus is None or not bus.active:
+            return
+        self._seq += 1
+        event = LockEvent(
+            type=type_,
+            at=self.clock.now(),
+            seq=self._seq,
+            run_id=run_id,
+            resource=str(resource),
+            owner=owner_id,
+            expires_at=expires_at,
+            error=error,
+        )
+        try:
+            bus.publish(event)
+        except Exception:
+            logger.exception("an event bus subscriber failed on %s", event.type)
 
 
 def _owner(owner: Owner | str) -> Owner:

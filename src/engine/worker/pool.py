@@ -3,7 +3,8 @@
 This module owns the worker's lifecycle: claiming (batches, as many as there are free slots),
 heartbeats (one store call for all of its jobs), what a heartbeat reveals (a cancel request, a
 claim lost to another worker), stuck detection and TTL cleanup on behalf of every worker,
-self-fencing, batched completion writes, and graceful shutdown. Running one job is
+self-fencing, batched completion writes, and graceful shutdown. The transitions it writes are
+announced (`JobService.announce`) once their write succeeded, one event per job. Running one job is
 `engine.worker.runner`; the queue's atomicity is the store's (`JobStore`). Structured
 concurrency only: `await task_group.start(pool.run)` runs it inside an application's task
 group; `pool.stop()` asks it to finish (docs/jobs.md has the shutdown sequence).
@@ -62,7 +63,8 @@ class WorkerPool:
         self._redact = Redactor()
         self._running: dict[str, RunningJob] = {}
         self._report = WorkerHealthReport(self.worker_id, settings.concurrency)
-        self._writer = OutcomeWriter(self._store, self._report, on_outcome)
+        self._on_outcome = on_outcome
+        self._writer = OutcomeWriter(self._store, self._report, self._written)
         self._wake = anyio.Event()
         self._stopping = False
         self._hurry = anyio.Event()
@@ -140,6 +142,7 @@ class WorkerPool:
             if claimed:
                 idle = MIN_IDLE
                 for job in claimed:
+                    self._announce(job, AsyncJobStatus.QUEUED, AsyncJobStatus.RUNNING)
                     self._start(jobs, job)
                 continue
             if self.settings.burst:
@@ -282,5 +285,46 @@ class WorkerPool:
         for job in rescued:
             self._report.rescued += 1
             logger.warning("job %s: %s -> %s", job.id, job.error_message, job.status.value)
+            self._announce(
+                job, AsyncJobStatus.RUNNING, job.status, error=job.error_message, run_id=job.run_id
+            )
         if rescued:
             self.wake()
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _written(self, outcome: JobOutcome, applied: bool) -> None:
+        """An outcome's write was answered: announce it if it was applied (a fenced one
+        changed nothing), then tell the pool's owner."""
+        if applied:
+            self.engine.jobs.announce(
+                outcome.job_id,
+                AsyncJobStatus.RUNNING,
+                outcome.status,
+                attempt=outcome.token,
+                worker_id=outcome.worker_id,
+                error=outcome.error_message,
+                run_id=outcome.run_id,
+            )
+        if self._on_outcome is not None:
+            self._on_outcome(outcome, applied)
+
+    def _announce(
+        self,
+        job: AsyncJob,
+        old: AsyncJobStatus,
+        new: AsyncJobStatus,
+        *,
+        error: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        """A claim or a rescue this pool wrote."""
+        self.engine.jobs.announce(
+            job.id,
+            old,
+            new,
+            attempt=job.attempts,
+            worker_id=self.worker_id,
+            error=error,
+            run_id=run_id,
+        )
