@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -91,3 +92,12 @@ def _run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     (a sync fixture requested by an async one): on a loop of its own, in a thread."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty database (no tables): a new SQLite file, or a fresh PostgreSQL one."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'migrate.db'}"
+    make: Callable[[], str] = request.getfixturevalue("postgres_database")
+    return make()

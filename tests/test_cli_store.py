@@ -11,12 +11,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
+from clitools import wait_for
 from engine.store.sql import head_revision
 
 TESTS = Path(__file__).parent
@@ -276,7 +276,7 @@ def test_sigint_records_the_run_as_cancelled(tmp_path: Path) -> None:
     )
     try:
         # Another process's state: nothing can notify us, so poll with a deadline.
-        _wait_for(lambda: (tmp_path / "started").exists(), what="the step to start")
+        wait_for(lambda: (tmp_path / "started").exists(), what="the step to start")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -305,14 +305,14 @@ def test_a_killed_run_keeps_what_was_flushed_and_can_be_resumed(tmp_path: Path) 
         text=True,
     )
     try:
-        _wait_for(lambda: (tmp_path / "started").exists(), what="b to start")
+        wait_for(lambda: (tmp_path / "started").exists(), what="b to start")
 
         def a_is_recorded() -> bool:
             listed = json.loads(cli("runs", "list", "--json", cwd=tmp_path).stdout)
             shown = cli("runs", "show", listed[0]["id"], "--json", cwd=tmp_path).stdout
             return json.loads(shown)["subplans"][0]["state"] == "completed"
 
-        _wait_for(a_is_recorded, what="a's terminal state to be flushed")
+        wait_for(a_is_recorded, what="a's terminal state to be flushed")
     finally:
         proc.kill()  # SIGKILL: no cleanup, no final flush
         proc.communicate(timeout=30)
@@ -347,11 +347,3 @@ def test_postgres_end_to_end(project: Path, postgres_database: Callable[[], str]
     listed = json.loads(cli("runs", "list", "--json", "--db", url, cwd=project).stdout)
     assert [(r["id"], r["state"]) for r in listed] == [(second, "completed"), (first, "failed")]
     assert f"revision {HEAD} (head)" in cli("db", "current", "--db", url, cwd=project).stdout
-
-
-def _wait_for(predicate: Callable[[], bool], *, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)

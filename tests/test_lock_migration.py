@@ -4,35 +4,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dbkit import inspect
 from engine.domain.lock import LockKind
 from engine.store import parse_url, schema_status, upgrade
 from engine.store.sql.engine import create_engine
 from engine.store.sql.schema import downgrade_to
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'migrate.db'}"
-    make: Callable[[], str] = request.getfixturevalue("postgres_database")
-    return make()
-
-
-async def inspect(url: str, fn: Callable[[Connection], Any]) -> Any:
-    engine = create_engine(parse_url(url))
-    try:
-        async with engine.begin() as conn:
-            return await conn.run_sync(fn)
-    finally:
-        await engine.dispose()
 
 
 def lock_schema(conn: Connection) -> dict[str, Any]:

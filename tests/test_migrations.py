@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
+from dbkit import inspect
 from engine.domain.states import FailureMode, RunState, SubplanState
 from engine.store import parse_url, schema_status, upgrade
 from engine.store.sql import head_revision
@@ -27,23 +27,6 @@ from engine.store.sql.tables import VERSION_TABLE, metadata
 
 ROOT = Path(__file__).parent.parent
 ENGINE_TABLES = {"engine_runs", "engine_subplan_runs", "engine_events"}
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'migrate.db'}"
-    make: Callable[[], str] = request.getfixturevalue("postgres_database")
-    return make()
-
-
-async def inspect(url: str, fn: Callable[[Connection], Any]) -> Any:
-    engine = create_engine(parse_url(url))
-    try:
-        async with engine.connect() as conn:
-            return await conn.run_sync(fn)
-    finally:
-        await engine.dispose()
 
 
 def differences(conn: Connection) -> list[Any]:
