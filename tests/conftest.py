@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from dbkit import empty_store
+from engine.ports.store import Store
+from engine.store import MemoryStore, open_store
 
 POSTGRES_URL_VARIABLE = "ENGINE_TEST_POSTGRES_URL"
 
@@ -101,3 +105,22 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'migrate.db'}"
     make: Callable[[], str] = request.getfixturevalue("postgres_database")
     return make()
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """The store contract fixture: every test using it runs on memory, SQLite and PostgreSQL,
+    starting from an empty store."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    opened = await open_store(url)
+    try:
+        await empty_store(opened)
+        yield opened
+    finally:
+        await opened.close()

@@ -3,7 +3,6 @@ plus claim atomicity under real contention (many connections claiming from one q
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,38 +14,11 @@ from engine.domain.plan import Plan
 from engine.domain.states import AsyncJobStatus
 from engine.errors import StoreError
 from engine.ports.store import Store
-from engine.store import MemoryStore, open_store
+from engine.store import open_store
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 PLAN = Plan.model_validate({"name": "nightly", "subplans": [{"name": "a", "call": "m:f"}]})
 S = AsyncJobStatus
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    opened = await open_store(url)
-    try:
-        await empty(opened)  # the PostgreSQL database is shared by the session's tests
-        yield opened
-    finally:
-        await opened.close()
-
-
-async def empty(store: Store) -> None:
-    from engine.store.sql import SqlStore
-
-    assert isinstance(store, SqlStore)
-    async with store.engine.begin() as conn:
-        await conn.exec_driver_sql("DELETE FROM engine_jobs")
-        await conn.exec_driver_sql("DELETE FROM engine_workers")
 
 
 def jobs(n: int, *, max_attempts: int = 3) -> list[AsyncJob]:

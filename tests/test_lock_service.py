@@ -8,7 +8,6 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from pathlib import Path
 
 import anyio
 import pytest
@@ -17,31 +16,10 @@ from engine import LockConflictError, LockExpiredError, LockNotFoundError, LockS
 from engine.domain.lock import LockKind, Resource
 from engine.locks import Backoff
 from engine.ports.store import Store
-from engine.store import MemoryStore, open_store
 from engine.testing import ManualClock
 
 A = Owner("01JA0000000000000000000000", "host-a", 11, "01JA0000000000000000000000")
 B = Owner("01JB0000000000000000000000/deploy", "host-b", 22, "01JB0000000000000000000000")
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'locks.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    opened = await open_store(url)
-    try:
-        for lock in await opened.list_locks():
-            await opened.delete_lock(lock.resource)
-        yield opened
-    finally:
-        for lock in await opened.list_locks():
-            await opened.delete_lock(lock.resource)
-        await opened.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ plus real contention on the SQL stores (many connections racing for one resource
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,36 +11,13 @@ import pytest
 
 from engine.domain.lock import LockKind, LockRecord, Owner, Resource
 from engine.ports.store import Store
-from engine.store import MemoryStore, open_store
+from engine.store import open_store
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 DB = Resource(LockKind.RESOURCE, "db")
 PLAN = Resource(LockKind.PLAN, "nightly")
 A = Owner("run-a", "host-a", 11, "01JA0000000000000000000000")
 B = Owner("run-b/matrix/py311", "host-b", 22, "01JB0000000000000000000000")
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'locks.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    opened = await open_store(url)
-    try:
-        await _empty(opened)  # the PostgreSQL database is shared by the session's tests
-        yield opened
-    finally:
-        await _empty(opened)
-        await opened.close()
-
-
-async def _empty(store: Store) -> None:
-    for lock in await store.list_locks():
-        await store.delete_lock(lock.resource)
 
 
 def claim(owner: Owner, resource: Resource = DB, at: datetime = T0, ttl: float = 10) -> LockRecord:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -19,35 +17,8 @@ from engine.domain.states import FailureMode, RunState, SubplanState
 from engine.errors import StoreError
 from engine.ids import new_id
 from engine.ports.store import Changes, NewRun, RunRecord, Store, SubplanRecord
-from engine.store import MemoryStore, open_store
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'contract.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    opened = await open_store(url)
-    if request.param == "postgres":
-        await _empty(opened)  # the session's database is shared by the tests
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-async def _empty(store: Store) -> None:
-    from engine.store.sql import SqlStore
-
-    assert isinstance(store, SqlStore)
-    async with store.engine.begin() as conn:
-        await conn.exec_driver_sql("TRUNCATE engine_runs CASCADE")
 
 
 def a_run(at: datetime = T0, *, resumed_from: str | None = None) -> RunRecord:
