@@ -184,7 +184,7 @@ def test_plan_from_data_accepts_a_dict() -> None:
         (one_step(top="timeout: 0\n"), "plan.yaml: timeout must be greater than 0, got 0"),
         (one_step(top="timeout: soon\n"), "plan.yaml: timeout must be a number greater than 0"),
         (one_step(top="timeout: yes\n"), "timeout must be a number greater than 0, got true"),
-        (one_step(top="timeout: .inf\n"), "timeout must be greater than 0, got inf"),
+        (one_step(top="timeout: .inf\n"), "must be a finite number greater than 0, got inf"),
         (one_step(top="env: [A]\n"), "plan.yaml: env must be a mapping of names to strings"),
         (one_step(top="cwd: 3\n"), "plan.yaml: cwd must be a string, got 3"),
         (
@@ -701,3 +701,121 @@ def _check_outcome(result: object) -> None:
 @given(st.text(max_size=200) | st.binary(max_size=200))
 def test_any_text_gives_a_plan_or_a_plan_validation_error(text: str | bytes) -> None:
     _check_outcome(_outcome(lambda: parse_plan(text, "plan.yaml")))
+
+
+# --------------------------------------------------------------------------- found by fuzzing
+# (tests/reliability/fuzz.py, issue 7): each of these was a traceback, a step that crashed the
+# run after it had started, or a message that did not say what was wrong.
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('!!int ""', "line 2, column 15: '' is not a valid !!int value"),  # was IndexError
+        ("!!int abc", "line 2, column 15: 'abc' is not a valid !!int value"),  # "too large"
+        ("!!float abc", "line 2, column 15: 'abc' is not a valid !!float value"),  # ValueError
+        ("!!bool maybe", "line 2, column 15: 'maybe' is not a valid !!bool value"),  # KeyError
+        (
+            "!!timestamp nope",
+            "line 2, column 15: 'nope' is not a valid !!timestamp value",
+        ),  # AttributeError
+        (
+            "!!map [1]",
+            "line 2, column 15: not valid YAML: expected a mapping node, but found sequence",
+        ),  # TypeError
+        ("!!set {a, b}", "line 2, column 15: a !!set has no order: write a list instead"),
+    ],
+)
+def test_explicit_tags_that_do_not_fit_their_value(value: str, expected: str) -> None:
+    text = f"name: p\nmax_parallel: {value}\nsubplans: [{{name: a, run: x}}]\n"
+    assert problems_of(text) == [f"plan.yaml: {expected}"]
+
+
+def test_a_set_is_no_argv() -> None:
+    # pydantic takes a set for a list: the argv would have come in no defined order.
+    assert problems_of("name: p\nsubplans:\n  - name: a\n    run: !!set {touch, x}\n") == [
+        "plan.yaml: line 4, column 10: a !!set has no order: write a list instead"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ('cwd: "a\\0b"', "lint: cwd must not contain a NUL character (\\0), got 'a\\x00b'"),
+        ('env: {A: "\\0"}', "lint: env.A must not contain a NUL character (\\0), got '\\x00'"),
+        (
+            'env: {"A=B": x}',
+            "lint: env keys must be variable names (non-empty text without = or NUL), got 'A=B'",
+        ),
+        (
+            'env: {"": x}',
+            "lint: env keys must be variable names (non-empty text without = or NUL), got ''",
+        ),
+        (
+            'env: {A: "\\ud800"}',
+            "lint: env.A must be valid Unicode text (no lone surrogates), got '\\ud800'",
+        ),
+        (
+            'cwd: "\\udc80"',
+            "lint: cwd must be valid Unicode text (no lone surrogates), got '\\udc80'",
+        ),
+    ],
+)
+def test_text_no_process_can_take_is_rejected_before_running(extra: str, expected: str) -> None:
+    assert problems_of(one_step(extra + "\n")) == [f"plan.yaml: {expected}"]
+
+
+@pytest.mark.parametrize(
+    ("run", "expected"),
+    [
+        ('"echo \\0"', "run must not contain a NUL character (\\0), got 'echo \\x00'"),
+        ('[echo, "\\0"]', "run must not contain a NUL character (\\0), got ['echo', '\\x00']"),
+        (
+            '"echo \\ud800"',
+            "run must be valid Unicode text (no lone surrogates), got 'echo \\ud800'",
+        ),
+        (
+            '[echo, "\\udfff"]',
+            "run must be valid Unicode text (no lone surrogates), got ['echo', '\\udfff']",
+        ),
+    ],
+)
+def test_a_command_no_process_can_take_is_rejected(run: str, expected: str) -> None:
+    assert problems_of(f"name: p\nsubplans:\n  - name: a\n    run: {run}\n") == [
+        f"plan.yaml: a: {expected}"
+    ]
+
+
+def test_long_names_and_long_lists_in_needs_messages_are_bounded() -> None:
+    siblings = [{"name": f"s{i}", "run": "x"} for i in range(50)]
+    ghost = "g" * 5000
+    data = {"name": "p", "subplans": [*siblings, {"name": "a", "run": "x", "needs": [ghost]}]}
+    (line,) = problems_of_data(data)
+    assert line.startswith(f"plan.yaml: a: needs names unknown sibling {'g' * 60!r}... (5000 ")
+    assert line.endswith(
+        "(siblings: s0, s1, s10, s11, s12, s13, s14, s15, s16, s17, ... (50 in all))"
+    )
+    assert len(line) < 300
+
+    ring = [{"name": f"n{i}", "run": "x", "needs": [f"n{(i + 1) % 30}"]} for i in range(30)]
+    (line,) = problems_of_data({"name": "p", "subplans": ring})
+    assert (
+        line
+        == "plan.yaml: needs form a cycle: "
+        + " -> ".join(f"n{i}" for i in range(10))
+        + " -> ... (31 in all)"
+    )
+
+
+def test_a_list_as_a_subplan_name_beside_an_unknown_need_is_reported_not_crashed() -> None:
+    """Found by the mutation test: the unknown-sibling message hashed the (list) name."""
+    data = {
+        "name": "p",
+        "subplans": [
+            {"name": "a", "run": "true"},
+            {"name": ["x"], "run": "true", "needs": ["nope"]},
+        ],
+    }
+    with pytest.raises(PlanValidationError) as caught:
+        plan_from_data(data, "plan.yaml")
+    assert "nope" in str(caught.value)

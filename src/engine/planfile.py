@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from collections.abc import Hashable
 from datetime import date
 from functools import cache
@@ -25,7 +26,15 @@ from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from engine.domain.graph import find_cycle
-from engine.domain.plan import CALL_PATTERN, NAME_PATTERN, Plan, PlanProblem, Subplan
+from engine.domain.plan import (
+    CALL_PATTERN,
+    NAME_PATTERN,
+    Plan,
+    PlanProblem,
+    Subplan,
+    listed,
+    unknown_sibling,
+)
 from engine.errors import PlanValidationError
 
 MAX_BYTES = 10 * 1024 * 1024  # a plan file larger than this is not a plan file
@@ -153,7 +162,8 @@ def _at(mark: Mark | None) -> str:
 
 
 class _PlanLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and deep nesting with the line where they are."""
+    """SafeLoader that rejects duplicate keys, deep nesting and values their tag does not fit
+    (`!!float abc`), with the line where they are."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -170,7 +180,18 @@ class _PlanLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError):
+            # An explicit tag on a value it does not fit: `!!float abc`, `!!bool maybe`, `!!int ""`.
+            tag = str(node.tag).removeprefix("tag:yaml.org,2002:")
+            shown = _show(node.value) if isinstance(node, ScalarNode) else "this value"
+            raise _SourceError(f"{shown} is not a valid !!{tag} value", node.start_mark) from None
+
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        if not isinstance(node, MappingNode):  # `!!map [1]`: the base class says what is wrong
+            return super().construct_mapping(node, deep=deep)
         first: dict[Any, Mark] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -189,9 +210,13 @@ class _PlanLoader(yaml.SafeLoader):
     def construct_yaml_int(self, node: ScalarNode) -> int:
         try:
             return super().construct_yaml_int(node)
-        except ValueError:  # more digits than int() may convert
+        except ValueError:
+            limit = sys.get_int_max_str_digits()
+            digits = sum(c.isdigit() for c in str(node.value))
+            if not 0 < limit < digits:
+                raise  # not a number at all (`!!int abc`): construct_object says so
             raise _SourceError(
-                f"number with {len(str(node.value))} digits is too large", node.start_mark
+                f"number with {digits} digits is too large", node.start_mark
             ) from None
 
     def construct_yaml_timestamp(self, node: ScalarNode) -> date:
@@ -203,8 +228,13 @@ class _PlanLoader(yaml.SafeLoader):
                 node.start_mark,
             ) from None
 
+    def construct_yaml_set(self, node: Node) -> NoReturn:
+        # pydantic would take a set for a list: an argv, `needs` or `locks` in no defined order.
+        raise _SourceError("a !!set has no order: write a list instead", node.start_mark)
+
 
 _PlanLoader.add_constructor("tag:yaml.org,2002:int", _PlanLoader.construct_yaml_int)
+_PlanLoader.add_constructor("tag:yaml.org,2002:set", _PlanLoader.construct_yaml_set)
 _PlanLoader.add_constructor("tag:yaml.org,2002:timestamp", _PlanLoader.construct_yaml_timestamp)
 
 
@@ -460,15 +490,24 @@ def _problem_of(
     if "anyOf" in field_schema:
         union = True
 
-    if on_key:
+    if on_key and kind == "env_name":
+        wanted = "variable names (non-empty text without = or NUL)"
+        message = f"keys must be {wanted}, got {_show(value)}"
+    elif on_key:
         message = f"keys must be strings, got {_show(value)}"
+    elif kind == "nul_character":
+        message = f"must not contain a NUL character (\\0), got {_show(value)}"
+    elif kind == "string_unicode":
+        message = f"must be valid Unicode text (no lone surrogates), got {_show(value)}"
     elif kind in _EMPTY_ERRORS and not union:
         message = "must not be empty"
     else:
         what, limits = _describe(field_schema)
         if field == "env" and label != field:
             what = "a string or a number"
-        if kind in _RANGE_ERRORS and limits and not union:
+        if kind == "finite_number" and not union:
+            message = f"must be a finite number {limits}".rstrip() + f", got {_show(value)}"
+        elif kind in _RANGE_ERRORS and limits and not union:
             message = f"must be {limits}, got {_show(value)}"
         else:
             message = f"must be {' '.join(filter(None, (what, limits)))}, got {_show(value)}"
@@ -615,12 +654,12 @@ def _structure_group(
             continue
         for dep in raw_needs:
             if isinstance(dep, str) and dep not in seen:
-                others = ", ".join(_shown(n) for n in sorted(seen - {child.get("name")}))
-                others = others or "no siblings"
-                add(i, child, "needs", f"names unknown sibling {dep!r} (siblings: {others})")
+                own = child.get("name")
+                others = [_shown(n) for n in sorted(seen) if n != own]
+                add(i, child, "needs", unknown_sibling(dep, others))
     cycle = find_cycle(needs_of)
     if cycle is not None:
-        loop = " -> ".join(_shown(n) for n in cycle)
+        loop = listed([_shown(n) for n in cycle], " -> ")
         where = PlanProblem(prefix.rstrip("/"), "needs", f"form a cycle: {loop}")
         out.append(_Located((*base, len(children)), where))
     for i, child in members:
@@ -634,4 +673,4 @@ def _structure_group(
 def _shown(name: str) -> str:
     """A name as it may appear in a message: as is when valid, else quoted and escaped (a name
     holding a control character must not break the one-problem-per-line output)."""
-    return name if re.fullmatch(NAME_PATTERN, name) else repr(name)
+    return name if re.fullmatch(NAME_PATTERN, name) else _show(name)

@@ -18,14 +18,11 @@ async def resume(args: argparse.Namespace) -> int:
         )
         eng.locks.on_wait = lock_wait_notice(args, console)
         assert prepared.resume is not None
-        for note in prepared.resume.notes:
-            console.print(f"note: {note}", markup=False, soft_wrap=True)
         kept, total = len(prepared.resume.kept), len(prepared.tracker.subplans)
-        console.print(
+        header = [f"note: {note}" for note in prepared.resume.notes]
+        header.append(
             f"run {prepared.run_id}: plan {prepared.plan.name} (resuming run "
-            f"{prepared.resume.previous.id}: {kept} of {total} subplans completed there, kept)",
-            markup=False,
-            soft_wrap=True,
+            f"{prepared.resume.previous.id}: {kept} of {total} subplans completed there, kept)"
         )
-        received = await drive(args, eng, prepared, console)
+        received = await drive(args, eng, prepared, console, header)
     return finish(prepared, received, console)

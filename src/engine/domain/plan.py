@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from engine.domain.graph import find_cycle
@@ -20,6 +28,7 @@ from engine.errors import PlanValidationError
 
 MAX_PARALLEL_LIMIT = 32
 DEFAULT_MAX_PARALLEL = 4
+MAX_LISTED = 10  # names a message lists (siblings, a cycle)
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 CALL_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
@@ -40,7 +49,37 @@ def _exactly_int(value: object) -> object:
     return value
 
 
-EnvValue = Annotated[str, BeforeValidator(_scalar_to_str)]
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (YAML "\ud800"): not text at all
+        return False
+    return True
+
+
+def _process_text(value: object) -> object:
+    """Text that reaches a process (command, argv, environment, folder) must be text the OS can
+    take: no NUL, no lone surrogate. Rejected here rather than as a crash mid-run."""
+    texts = value if isinstance(value, list) else [value]
+    for text in texts:
+        if isinstance(text, str) and "\x00" in text:
+            raise PydanticCustomError("nul_character", "String should not contain a NUL character")
+        if isinstance(text, str) and not _encodable(text):
+            raise PydanticCustomError("string_unicode", "Input should be a valid string")
+    return value
+
+
+def _env_name(value: str) -> str:
+    """An environment variable's name: not empty, and neither `=` nor NUL (the OS refuses them)."""
+    if not value or "=" in value or "\x00" in value or not _encodable(value):
+        raise PydanticCustomError(
+            "env_name", "String should be a variable name, not empty and without = or NUL"
+        )
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+EnvValue = Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(_process_text)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 MaxParallel = Annotated[int, Field(ge=1, le=MAX_PARALLEL_LIMIT, strict=True)]
 # strict: YAML `timeout: yes` or `timeout: "30"` must not pass as a number (ints still do).
@@ -69,17 +108,18 @@ class Subplan(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     name: Name
-    run: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)] | None = (
-        None
-    )
+    run: Annotated[
+        Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)] | None,
+        BeforeValidator(_process_text),
+    ] = None
     call: Annotated[str, Field(pattern=CALL_PATTERN)] | None = None
     with_: dict[str, Any] | None = Field(default=None, alias="with")
     subplans: list[Subplan] | None = None
     needs: list[str] = Field(default_factory=list)
     timeout: Seconds | None = None
     retries: Annotated[int, Field(ge=0, le=10, strict=True)] = 0
-    env: dict[str, EnvValue] = Field(default_factory=dict)
-    cwd: str | None = None
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    cwd: Annotated[str | None, BeforeValidator(_process_text)] = None
     max_parallel: MaxParallel | None = None
     failure_mode: FailureMode | None = None
     locks: list[Name] = Field(default_factory=list)
@@ -102,8 +142,8 @@ class Plan(BaseModel):
     max_parallel: MaxParallel | None = None
     failure_mode: FailureMode | None = None
     timeout: Seconds | None = None
-    env: dict[str, EnvValue] = Field(default_factory=dict)
-    cwd: str | None = None
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    cwd: Annotated[str | None, BeforeValidator(_process_text)] = None
     subplans: Annotated[list[Subplan], Field(min_length=1)]
 
     _source: Path | None = PrivateAttr(default=None)
@@ -125,9 +165,10 @@ class Plan(BaseModel):
         """The folder relative `cwd` values start from: the plan file's folder, else the CWD."""
         return self._source.parent if self._source is not None else Path.cwd()
 
-    def with_source(self, source: Path) -> Plan:
+    def with_source(self, source: Path, *, resolved: bool = False) -> Plan:
+        """This plan, loaded from `source` (`resolved`: the path is absolute and final)."""
         plan = self.model_copy()
-        plan._source = source.resolve()
+        plan._source = source if resolved else source.resolve()
         return plan
 
     def walk(self) -> list[tuple[str, Subplan]]:
@@ -188,21 +229,29 @@ def _check_group(children: list[Subplan], prefix: str, problems: list[PlanProble
     for child in children:
         for dep in child.needs:
             if dep not in names:
-                allowed = ", ".join(sorted(names - {child.name})) or "no siblings"
-                problems.append(
-                    PlanProblem(
-                        f"{prefix}{child.name}",
-                        "needs",
-                        f"names unknown sibling {dep!r} (siblings: {allowed})",
-                    )
-                )
+                message = unknown_sibling(dep, sorted(names - {child.name}))
+                problems.append(PlanProblem(f"{prefix}{child.name}", "needs", message))
     cycle = find_cycle({c.name: [d for d in c.needs if d != c.name] for c in children})
     if cycle is not None:
         where = prefix.rstrip("/")
-        problems.append(PlanProblem(where, "needs", f"form a cycle: {' -> '.join(cycle)}"))
+        problems.append(PlanProblem(where, "needs", f"form a cycle: {listed(cycle, ' -> ')}"))
     for child in children:
         if child.subplans:
             _check_group(child.subplans, f"{prefix}{child.name}/", problems)
+
+
+def unknown_sibling(dep: str, siblings: list[str]) -> str:
+    """A `needs` entry that names no sibling: bounded, however long the name or many the
+    siblings."""
+    shown = repr(dep) if len(dep) <= 60 else f"{dep[:60]!r}... ({len(dep)} characters)"
+    return f"names unknown sibling {shown} (siblings: {listed(siblings) or 'no siblings'})"
+
+
+def listed(names: list[str], separator: str = ", ") -> str:
+    """Names as a message lists them: the first ten, then how many there are in all."""
+    if len(names) <= MAX_LISTED:
+        return separator.join(names)
+    return separator.join(names[:MAX_LISTED]) + f"{separator}... ({len(names)} in all)"
 
 
 class ParallelExecutionConfig(BaseModel):
