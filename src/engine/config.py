@@ -14,11 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 
 from engine.domain.plan import DEFAULT_MAX_PARALLEL, MAX_PARALLEL_LIMIT
 from engine.domain.states import FailureMode
 from engine.errors import ConfigError
+from engine.redaction import redact
+from engine.signing import MIN_KEY_LENGTH
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.engine/engine.db"
 CONFIG_FILE_NAME = "engine.toml"
@@ -42,6 +45,10 @@ class AsyncSettings(_Section):
     job_ttl: Seconds = 604800.0
     heartbeat_interval: Seconds = 5.0
     stuck_after: Seconds = 60.0
+    #: Key of job payload signatures (ENGINE_SIGNING_KEY; docs/security.md): `submit` signs,
+    #: workers refuse unsigned or tampered jobs. Environment or code only, never a file; shown
+    #: as `**********`.
+    signing_key: Annotated[SecretStr | None, Field(min_length=MIN_KEY_LENGTH)] = None
 
 
 class LockSettings(_Section):
@@ -82,9 +89,12 @@ ENV_VARS: dict[str, str] = {
     "async.job_ttl": "ENGINE_ASYNC_JOB_TTL",
     "async.heartbeat_interval": "ENGINE_ASYNC_HEARTBEAT_INTERVAL",
     "async.stuck_after": "ENGINE_ASYNC_STUCK_AFTER",
+    "async.signing_key": "ENGINE_SIGNING_KEY",
     "locks.plan_ttl": "ENGINE_LOCKS_PLAN_TTL",
     "locks.project_ttl": "ENGINE_LOCKS_PROJECT_TTL",
 }
+#: Keys whose values are secrets: never read from a configuration file, never quoted in errors.
+SECRET_KEYS = frozenset({"async.signing_key"})
 
 
 def load_settings(
@@ -103,6 +113,11 @@ def load_settings(
     path = _config_path(config_file, env, cwd)
     if path is not None:
         for key, value in _flatten(_read_toml(path)).items():
+            if key in SECRET_KEYS:
+                raise ConfigError(
+                    f"{path}: {key} cannot be set in a configuration file (a secret in a file "
+                    f"is easily committed or shared); set {ENV_VARS[key]} in the environment"
+                )
             merged[key] = value
             origin[key] = str(path)
     for key, var in ENV_VARS.items():
@@ -114,10 +129,24 @@ def load_settings(
             merged[key] = value
             origin[key] = "command line"
 
+    # TOML values are typed: `max_parallel = true` or `"3"` is a mistake, not a 1 or a 3 (only
+    # environment values are text to convert). Checked here, as pydantic's lax mode accepts them.
+    lines = []
+    for key in [k for k in merged if path is not None and origin[k] == str(path)]:
+        problem = _type_problem(key, merged[key])
+        if problem is not None:
+            lines.append(f"{origin[key]}: {problem}")
+            del merged[key]
     try:
-        return Settings.model_validate(_nest(merged))
+        settings = Settings.model_validate(_nest(merged))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from None
+        lines += _describe(exc, origin)
+    if lines:
+        raise ConfigError("\n".join(lines))
+    problem = _folder_problem(settings.data_dir)
+    if problem is not None:
+        raise ConfigError(f"{origin.get('data_dir', 'configuration')}: data_dir {problem}")
+    return settings
 
 
 def _config_path(explicit: str | Path | None, env: Mapping[str, str], cwd: Path) -> Path | None:
@@ -128,6 +157,8 @@ def _config_path(explicit: str | Path | None, env: Mapping[str, str], cwd: Path)
     else:
         default = cwd / CONFIG_FILE_NAME
         return default if default.is_file() else None
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a configuration file")
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     return path
@@ -147,7 +178,7 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:  # an empty table is kept: `[typo]` is an error
             out.update(_flatten(value, f"{dotted}."))
         else:
             out[dotted] = value
@@ -168,15 +199,79 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(exc: ValidationError, origin: Mapping[str, str]) -> str:
+def _describe(exc: ValidationError, origin: Mapping[str, str]) -> list[str]:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
-        src = origin.get(key, "configuration")
+        # A key that is not a leaf (`[async.typo]`, `"a.b" = 1`) comes from where its leaves do.
+        inner = (src for dotted, src in origin.items() if dotted.startswith(f"{key}."))
+        src = origin.get(key) or next(inner, "configuration")
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, ENV_VARS, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(ENV_VARS)}"
-            lines.append(f"{src}: unknown key {key!r} ({hint})")
+            lines.append(f"{src}: unknown key {_shown(key)} ({hint})")
+        elif key in SECRET_KEYS:  # never quote a secret, nor its length
+            problem = (
+                f"must be at least {MIN_KEY_LENGTH} characters (generate one with "
+                "`python -c 'import secrets; print(secrets.token_hex(32))'`)"
+                if err["type"] == "too_short"
+                else err["msg"].lower()
+            )
+            lines.append(f"{src}: {key} {problem}")
+        elif err["type"] == "model_type":  # pydantic says "a dictionary or instance of ..."
+            lines.append(f"{src}: {key} must be a table ([{key}]), got {_shown(err.get('input'))}")
         else:
-            lines.append(f"{src}: {key} {err['msg'].lower()}, got {err.get('input')!r}")
-    return "\n".join(lines)
+            lines.append(f"{src}: {key} {err['msg'].lower()}, got {_shown(err.get('input'))}")
+    return lines
+
+
+_TYPES: dict[object, tuple[tuple[type, ...], str]] = {
+    bool: ((bool,), "a valid boolean"),
+    int: ((int,), "a valid integer"),
+    float: ((int, float), "a valid number"),
+}
+
+
+def _type_problem(key: str, value: object) -> str | None:
+    """What is wrong with the type of a value read from the TOML file, if anything."""
+    model: type[BaseModel] = Settings
+    *sections, leaf = key.split(".")
+    for part in sections:
+        section = _field(model, part)
+        if section is None or not (
+            isinstance(section.annotation, type) and issubclass(section.annotation, BaseModel)
+        ):
+            return None  # an unknown key, or a section that is not one: pydantic reports it
+        model = section.annotation
+    info = _field(model, leaf)
+    accepted = _TYPES.get(info.annotation) if info is not None else None
+    if accepted is None or type(value) in accepted[0]:
+        return None
+    return f"{key} input should be {accepted[1]}, got {_shown(value)}"
+
+
+def _field(model: type[BaseModel], key: str) -> FieldInfo | None:
+    return next((f for n, f in model.model_fields.items() if (f.alias or n) == key), None)
+
+
+def _shown(value: object) -> str:
+    """A found value as messages show it: TOML-style booleans, at most 80 characters, a
+    URL's password (and other secrets) masked."""
+    text = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    text = redact(text, environ={})
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _folder_problem(folder: str) -> str | None:
+    """Why `data_dir` cannot be a folder (a file in its way, a name too long), if it cannot;
+    found by looking only: nothing is created."""
+    path = Path(folder)
+    try:
+        for candidate in (path, *path.parents):
+            if candidate.exists():
+                if candidate.is_dir():
+                    return None
+                return f"must be a folder, but {_shown(str(candidate))} is a file"
+    except OSError as exc:
+        return f"{_shown(folder)} cannot be a folder: {exc.strerror or exc}"
+    return None

@@ -15,6 +15,7 @@
     ├── InvalidTransitionError       a state change not in the transition table
     │   └── InvalidJobTransitionError
     ├── JobPayloadError              a job's stored payload cannot be read (unknown version, ...)
+    │   └── JobSignatureError        its signature is missing or wrong (ENGINE_SIGNING_KEY is set)
     ├── StoreError                   the database failed (driver errors are translated into this)
     │   ├── StoreUnavailableError    the server cannot be reached, or refused the login
     │   ├── StoreURLError            exit 2: unknown scheme, malformed URL, driver not installed
@@ -146,6 +147,10 @@ class InvalidJobTransitionError(InvalidTransitionError):
 
 class JobPayloadError(EngineError):
     """The job's payload cannot be read by this engine."""
+
+
+class JobSignatureError(JobPayloadError):
+    """The job's payload signature is missing or invalid; the job was not run."""
 
 
 class StoreError(EngineError):

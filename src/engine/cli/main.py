@@ -1,4 +1,8 @@
-"""Argument parsing and the single error boundary of the CLI."""
+"""Argument parsing and the single error boundary of the CLI.
+
+Every error message passes through the redactor on its way out (`engine.redaction`): a database
+URL's password, a bearer token or a secret environment value quoted by any layer is masked.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import anyio
 
 from engine.cli import commands
 from engine.errors import EngineError
+from engine.redaction import Redactor
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -20,6 +25,8 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
+        if len(message) > 300:  # argparse quotes a bad value whole, however long
+            message = f"{message[:297]}..."
         self.exit(2, f"error: {message}\n")
 
 
@@ -40,8 +47,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
         code = anyio.run(handler, args)
     except EngineError as exc:
+        redact = Redactor()
         for line in str(exc).splitlines() or [type(exc).__name__]:
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {redact(line)}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
         code = 130

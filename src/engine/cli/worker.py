@@ -6,6 +6,7 @@ seconds to finish, then they are cancelled and handed back to the queue; a secon
 the grace period short. Exit code: 0 when every claimed job finished; 143 (SIGTERM) or 130
 (SIGINT) when jobs had to be handed back. `--events PATH|-` writes every event (jobs, their
 runs, locks) as a JSON line, like `run --events`; with `-`, the per-job lines go to stderr.
+Log lines (and the tracebacks in them) pass through the redactor before they are written.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import anyio
 
 from engine.cli.run import EXIT_SIGNAL, event_writer, open_engine
 from engine.domain.job import JobOutcome
+from engine.redaction import Redactor
 from engine.worker import WorkerPool, WorkerSettings
 
 
 async def worker(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     received: list[signal.Signals] = []
     async with open_engine(args) as eng:
         settings = WorkerSettings.from_settings(
@@ -39,6 +41,8 @@ async def worker(args: argparse.Namespace) -> int:
         )
         pool = WorkerPool(eng, settings, on_outcome=None if args.quiet else _outcome_printer(args))
         mode = "burst" if settings.burst else "until stopped"
+        if eng.settings.async_.signing_key is not None:
+            mode += ", signed jobs only"
         print(
             f"worker {pool.worker_id}: concurrency {settings.concurrency}, {mode}, "
             f"store {eng.store.location}",
@@ -83,3 +87,14 @@ async def _watch_signals(pool: WorkerPool, received: list[signal.Signals]) -> No
         async for signum in signals:
             received.append(signal.Signals(signum))
             pool.stop(grace=0 if len(received) > 1 else None)
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Log records may quote anything (a driver's message, a step's exception): mask secrets."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._redact = Redactor()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._redact(super().format(record))

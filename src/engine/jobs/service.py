@@ -3,7 +3,8 @@
 This module owns the user-facing side of the queue (what `submit`, `jobs ...` and `diagnostics`
 do); the worker's side (claiming, heartbeats, fencing) is `engine.worker`. It never talks to a
 database directly and reads time only from the injected `Clock`. Every status change, its own
-and the worker's (`announce`), is a `JobStateChanged` on the engine's bus.
+and the worker's (`announce`), is a `JobStateChanged` on the engine's bus. With a signing key
+configured, every payload it queues is signed (`engine.signing`; workers verify it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from engine.events import EventBus
 from engine.jobs.diagnostics import Diagnostics, WorkerHealth
 from engine.ports.clock import Clock
 from engine.ports.store import JobStore
+from engine.signing import sign_payload
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +60,12 @@ class JobService:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> AsyncJob:
         """Queue `plan` (validated: it is a `Plan`); its steps will run in `workdir` (default:
-        the plan file's folder). `max_attempts`: claims before a lost worker fails the job."""
+        the plan file's folder). `max_attempts`: claims before a lost worker fails the job.
+        With `async.signing_key` (ENGINE_SIGNING_KEY) the payload is signed for this job id."""
         job = AsyncJob.new(plan, self.clock.now(), workdir=workdir, max_attempts=max_attempts)
+        key = self.settings.signing_key
+        if key is not None:
+            job = job.model_copy(update={"payload": sign_payload(job.payload, job.id, key)})
         await self.store.enqueue_jobs([job])
         self.announce(job.id, None, AsyncJobStatus.QUEUED)
         for listener in builtins.list(self._listeners):

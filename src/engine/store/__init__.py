@@ -6,16 +6,17 @@
     postgresql+asyncpg://user:pw@host:5432/db   PostgreSQL (`postgresql://`, `postgres://` too)
 
 Drivers are imported only when their URL is opened, so `import engine` loads no database code.
-Only `engine.app` and `engine.cli` import this package.
+Only `engine.app` and `engine.cli` import this package. A URL is only ever shown through
+`shown_url` (or, unparsed, with its user information masked): a password never is.
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from engine.errors import StoreUnavailableError, StoreURLError
 from engine.ports.store import Store
+from engine.redaction import redact
 from engine.store.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -23,7 +24,15 @@ if TYPE_CHECKING:
 
     from engine.store.sql import SchemaStatus
 
-__all__ = ["MemoryStore", "SchemaStatus", "open_store", "parse_url", "schema_status", "upgrade"]
+__all__ = [
+    "MemoryStore",
+    "SchemaStatus",
+    "open_store",
+    "parse_url",
+    "schema_status",
+    "shown_url",
+    "upgrade",
+]
 
 _DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -44,7 +53,7 @@ async def open_store(url: str) -> Store:
     if _scheme(url) == "memory":
         return MemoryStore()
     parsed = parse_url(url)
-    location = parsed.render_as_string(hide_password=True)
+    location = shown_url(parsed)
     try:
         from engine.store.sql import open_sql_store
     except ImportError as exc:  # pragma: no cover - a broken installation
@@ -61,7 +70,7 @@ async def schema_status(url: str) -> SchemaStatus:
     from engine.store.sql import schema_status as status
 
     parsed = _sql_url(url)
-    return await status(parsed, parsed.render_as_string(hide_password=True))
+    return await status(parsed, shown_url(parsed))
 
 
 async def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
@@ -70,10 +79,9 @@ async def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | N
 
     parsed = _sql_url(url)
     try:
-        return await run_upgrade(parsed, parsed.render_as_string(hide_password=True), revision)
+        return await run_upgrade(parsed, shown_url(parsed), revision)
     except OSError as exc:
-        shown = parsed.render_as_string(hide_password=True)
-        raise StoreUnavailableError(f"{shown}: {exc.strerror or exc}") from exc
+        raise StoreUnavailableError(f"{shown_url(parsed)}: {exc.strerror or exc}") from exc
 
 
 def _sql_url(url: str) -> URL:
@@ -87,7 +95,7 @@ def parse_url(url: str) -> URL:
     scheme = _scheme(url)
     driver = _DRIVERS.get(scheme)
     if driver is None:
-        shown = re.sub(r"//[^/@]*@", "//***@", url)
+        shown = _mask_userinfo(url)
         raise StoreURLError(
             f"unsupported database URL {shown!r} (scheme {scheme or 'missing'!r}); use {_FORMS}"
         )
@@ -99,11 +107,32 @@ def parse_url(url: str) -> URL:
     except (ArgumentError, ValueError) as exc:
         raise StoreURLError(f"malformed database URL: {exc}; use {_FORMS}") from None
     parsed = parsed.set(drivername=driver)
+    if "@" in (parsed.host or ""):
+        # SQLAlchemy ends the password at the first "@": the rest would be shown as the host.
+        raise StoreURLError(
+            f"{_mask_userinfo(url)}: the user name or password contains an unencoded '@'; "
+            "write it as %40"
+        )
     if driver == "postgresql+asyncpg":
         _require("asyncpg", "postgresql", parsed)
         if not parsed.database:
-            raise StoreURLError(f"{parsed.render_as_string()}: the URL names no database")
+            raise StoreURLError(f"{shown_url(parsed)}: the URL names no database")
     return parsed
+
+
+def shown_url(url: URL) -> str:
+    """How a database URL is shown (messages, `diagnostics`, `db current`): its password, and
+    query parameters such as `?password=...`, masked."""
+    return redact(url.render_as_string(hide_password=True), environ={})
+
+
+def _mask_userinfo(url: str) -> str:
+    """An unparsed URL with everything between `://` and its last `@` masked (a password
+    may hold an unencoded `@`, `:` or `/`)."""
+    head, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return f"{head}://***@{rest.rpartition('@')[2]}"
 
 
 def _scheme(url: str) -> str:
@@ -116,6 +145,5 @@ def _require(module: str, extra: str, url: URL) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise StoreURLError(
-            f"{url.render_as_string(hide_password=True)} needs the {module} driver: "
-            f"pip install 'engine[{extra}]'"
+            f"{shown_url(url)} needs the {module} driver: pip install 'engine[{extra}]'"
         )

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
+
+from engine.errors import StoreURLError
 
 #: How long a writer waits for another process to release an SQLite file's write lock.
 SQLITE_BUSY_TIMEOUT = 30.0
@@ -29,14 +32,18 @@ _BEGIN = "engine_begin"
 
 
 def create_engine(url: URL) -> AsyncEngine:
-    if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
-    return create_async_engine(
-        url,
-        pool_size=4,
-        max_overflow=4,
-        connect_args={"timeout": CONNECT_TIMEOUT},
-    )
+    """StoreURLError for a URL SQLAlchemy refuses (`sqlite://user@/x.db`); it masks passwords."""
+    try:
+        if url.get_backend_name() == "sqlite":
+            return _sqlite_engine(url)
+        return create_async_engine(
+            url,
+            pool_size=4,
+            max_overflow=4,
+            connect_args={"timeout": CONNECT_TIMEOUT},
+        )
+    except sa_exc.ArgumentError as exc:
+        raise StoreURLError(f"malformed database URL: {exc}") from None
 
 
 def writer(engine: AsyncEngine) -> AsyncEngine:
