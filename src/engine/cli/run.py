@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO
 
 import anyio
+from anyio.abc import TaskStatus
 from rich.console import Console
 
-from engine.app import Engine, PreparedRun, database_url_for
+from engine.app import Engine, database_url_for
 from engine.cli.view import LiveView, PlainView, render_summary
 from engine.config import Settings, load_settings
 from engine.domain.events import Event
@@ -27,6 +28,7 @@ from engine.errors import (
     SubplanExecutionError,
 )
 from engine.planfile import load_plan
+from engine.prepared import PreparedRun
 
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -85,19 +87,26 @@ async def run(args: argparse.Namespace) -> int:
             return 0
         prepared = eng.prepare_run(plan, lock_wait=args.lock_wait)
         eng.locks.on_wait = lock_wait_notice(args, console)
-        console.print(f"run {prepared.run_id}: plan {plan.name} ({args.plan})")
-        received = await drive(args, eng, prepared, console)
+        header = f"run {prepared.run_id}: plan {plan.name} ({args.plan})"
+        received = await drive(args, eng, prepared, console, [header])
     return finish(prepared, received, console)
 
 
 async def drive(
-    args: argparse.Namespace, eng: Engine, prepared: PreparedRun, console: Console
+    args: argparse.Namespace,
+    eng: Engine,
+    prepared: PreparedRun,
+    console: Console,
+    header: Sequence[str] = (),
 ) -> list[signal.Signals]:
-    """Execute a prepared run with its views and `--events`; the signals that stopped it."""
+    """Execute a prepared run with its views and `--events`; the signals that stopped it.
+    `header` is printed once `--events` is open: a bad path stops the command before it."""
     received: list[signal.Signals] = []
     with ExitStack() as stack:
         if args.events:
             stack.enter_context(eng.bus.listening(event_writer(args.events, stack)))
+        for line in header:
+            console.print(line, markup=False, soft_wrap=True)
         if not args.quiet:
             view: LiveView | PlainView
             if console.is_terminal:
@@ -109,15 +118,18 @@ async def drive(
             stack.enter_context(view)
             stack.enter_context(eng.bus.listening(view))
         error: EngineError | None = None
-        with anyio.CancelScope() as run_scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_watch_signals, run_scope, received)
-                try:
+        run_scope = anyio.CancelScope()
+        async with anyio.create_task_group() as tg:
+            # Outside `run_scope`: the handlers stay until the run's cleanup is over, so a
+            # second signal cannot cut it short (and leave its processes behind).
+            await tg.start(_watch_signals, run_scope, received)
+            try:
+                with run_scope:
                     await prepared.execute()
-                except EngineError as exc:
-                    error = exc  # raised below: the task group would wrap it in a group
-                finally:
-                    tg.cancel_scope.cancel()
+            except EngineError as exc:
+                error = exc  # raised below: the task group would wrap it in a group
+            finally:
+                tg.cancel_scope.cancel()
         if error is not None:
             raise error
     return received
@@ -147,9 +159,16 @@ def _only_lock_conflicts(failure: BaseException | None) -> bool:
     return isinstance(failure, LockConflictError)
 
 
-async def _watch_signals(run_scope: anyio.CancelScope, received: list[signal.Signals]) -> None:
-    """The first SIGINT/SIGTERM cancels the run; its cleanup then runs to the end."""
+async def _watch_signals(
+    run_scope: anyio.CancelScope,
+    received: list[signal.Signals],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """The first SIGINT/SIGTERM cancels the run; its cleanup then runs to the end (later
+    signals are ignored)."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             if not received:
                 received.append(signal.Signals(signum))

@@ -42,9 +42,15 @@ async def run_command(
     log_path: Path,
     kill_grace: float,
 ) -> None:
-    """Run a shell line or an argv list; output goes to `log_path`. Non-zero exit → StepFailed."""
+    """Run a shell line or an argv list; output goes to `log_path`. Non-zero exit → StepFailed.
+
+    The start is shielded: cancelled while it waits for the new process, asyncio would kill the
+    leader alone and leave any child it had started already; once the process is ours, the
+    `finally` below stops its whole group.
+    """
+    await anyio.lowlevel.checkpoint_if_cancelled()  # a cancelled attempt starts nothing
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
+    with log_path.open("ab") as log, anyio.CancelScope(shield=True):
         try:
             if isinstance(command, str):
                 proc = await asyncio.create_subprocess_shell(

@@ -313,7 +313,10 @@ class LockService:
         while True:
             await self.clock.sleep(interval)
             try:
-                held.record = await self.renew(held.resource, held.owner, held.ttl)
+                # Shielded: a statement cancelled in flight makes SQLAlchemy close its aiosqlite
+                # connection in a task that may never finish, hanging the process at exit.
+                with anyio.CancelScope(shield=True):
+                    held.record = await self.renew(held.resource, held.owner, held.ttl)
                 interval = held.ttl / 3
             except LockExpiredError as exc:
                 self._lose(held, exc, scope)
