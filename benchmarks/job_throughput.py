@@ -131,7 +131,7 @@ class _StubRun:
         self.plan = plan
         self.run_id = f"stub-{id(self)}"
 
-    async def execute(self) -> None:
+    async def execute(self, *, record_first: bool = True) -> None:
         return None
 
     def result(self) -> RunResult:
@@ -148,6 +148,9 @@ class _QueueOnly:
 
     def prepare_run(self, plan: Plan, *, lock_wait: float = 0.0) -> _StubRun:
         return _StubRun(plan)
+
+    async def abandon_lost_runs(self) -> list[str]:
+        return []
 
 
 async def queue_only(name: str, url: str, folder: Path, count: int, concurrency: int) -> None:

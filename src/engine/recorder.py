@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
 
 import anyio
 from anyio.abc import TaskStatus
@@ -156,23 +157,31 @@ class Recorder:
         plan_json: str,
         subplans: Sequence[SubplanRecord],
         tracker: SubplanTracker,
+        *,
+        wait: bool = True,
     ) -> None:
-        """Create the run in the store (awaited: a store that cannot be written stops the run
-        before it starts) and record its changes from then on. Its subplans (`subplans` give
-        their ids and places) are inserted by a later flush, as they are at that time: a
-        subplan that ends before it is written once, not inserted and then updated."""
+        """Create the run in the store and record its changes from then on. Its subplans
+        (`subplans` give their ids and places) are inserted by a later flush, as they are at
+        that time: a subplan that ends before it is written once, not inserted and then updated.
+
+        `wait` (the default): the creation is awaited, so a store that cannot be written stops
+        the run before it starts. Without it the run is created by the next flush, with what
+        happened to it by then (a background job: its job row already says it runs, and the
+        run's end is awaited as always).
+        """
         new = NewRun(run, plan_json, [])
         self._created.append(new)
         self._received += 1
         self._arrived.set()
-        try:
-            # Shielded: a create half-written when a cancellation arrives would leave a run
-            # that nobody records any more.
-            await self.settle()
-        except BaseException:
-            if new in self._created:
-                self._created.remove(new)
-            raise
+        if wait:
+            try:
+                # Shielded: a create half-written when a cancellation arrives would leave a
+                # run that nobody records any more.
+                await self.settle()
+            except BaseException:
+                if new in self._created:
+                    self._created.remove(new)
+                raise
         self._recordings[run.id] = _Recording(run, tracker, {s.path: s for s in subplans})
 
     # -- waiting for durability ------------------------------------------------------------
@@ -274,11 +283,17 @@ class Recorder:
         changes = Changes(created=self._created, events=self._events)
         self._created, self._events = [], []
         touched: dict[str, tuple[bool, list[str] | None]] = {}
+        creating = {new.run.id: i for i, new in enumerate(changes.created)}
         for run_id, rec in self._recordings.items():
             if rec.inserted and not (rec.run_dirty or rec.dirty):
                 continue
             if rec.run_dirty:
-                changes.runs.append(rec.snapshot_run())
+                position = creating.get(run_id)
+                if position is None:
+                    changes.runs.append(rec.snapshot_run())
+                else:  # created by this batch: inserted as it is now, not updated after
+                    new = changes.created[position]
+                    changes.created[position] = replace(new, run=rec.snapshot_run())
             if rec.inserted:
                 paths: list[str] | None = list(rec.dirty)
                 changes.subplans.extend(rec.snapshot_subplan(p) for p in rec.dirty)
@@ -303,7 +318,8 @@ class Recorder:
                 rec.dirty = {**dict.fromkeys(paths), **rec.dirty}
 
     def _forget_finished(self, batch: _Batch) -> None:
-        for run in batch.changes.runs:
+        created = (new.run for new in batch.changes.created)
+        for run in chain(batch.changes.runs, created):
             rec = self._recordings.get(run.id)
             if (
                 rec is not None

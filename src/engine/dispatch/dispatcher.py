@@ -5,6 +5,10 @@ One anyio task group per group; a slot of the group's `AsyncSemaphoreLimiter` is
 readiness. fail_fast cancels the group's scope at the first failure; continue_on_error lets every
 child finish and aggregates. A group returns only when every child is terminal.
 
+What a step's failure leaves for the record (the tail of a `run` step's output, a `call`'s
+error) passes through the redactor first (`engine.redaction`, with the step's environment):
+what is stored and shown never holds its secrets. The log files keep the raw output.
+
 A child that declares `locks` is handed to a task of its own that waits for its locks holding
 no slot (so the group's other ready children run meanwhile), then holds a slot and its locks
 together (`engine.locks.enforce`), and releases the locks once the child is terminal. A lock it
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -37,6 +42,7 @@ from engine.domain.graph import dependents
 from engine.domain.plan import ParallelExecutionConfig, Plan, Subplan
 from engine.domain.states import FailureMode, SubplanState
 from engine.errors import AggregateSubplanError, LockError, StoreError, SubplanExecutionError
+from engine.redaction import Redactor
 
 if TYPE_CHECKING:
     from engine.locks.enforce import SubplanLocks
@@ -52,7 +58,8 @@ class DispatchSettings:
     retry_backoff: float = 1.0
     kill_grace: float = 5.0
     log_dir: Path = Path(".engine/logs")
-    base_env: Mapping[str, str] = field(default_factory=dict)
+    #: The environment commands start from; None: this process's, as it is when they start.
+    base_env: Mapping[str, str] | None = None
 
 
 def log_file_name(path: str) -> str:
@@ -84,7 +91,7 @@ class ParallelSubplanDispatcher:
         """Run the whole tree. Raises SubplanExecutionError / AggregateSubplanError on failure."""
         plan = self.plan
         config = self.settings.defaults.for_group(plan.max_parallel, plan.failure_mode)
-        env = {**self.settings.base_env, **plan.env}
+        env = dict(plan.env)  # what plans add; the base is merged in only when a command starts
         cwd = _join_cwd(plan.base_dir, plan.cwd)
         await self._run_group(plan.subplans, "", config, env, cwd)
 
@@ -133,7 +140,7 @@ class ParallelSubplanDispatcher:
             if errors:
                 failures.extend(errors)
                 if fail_fast:
-                    tg.cancel_scope.cancel()
+                    scope.cancel()
             for dependent in needed_by[name]:
                 if state is SubplanState.COMPLETED:
                     waiting[dependent] -= 1
@@ -145,7 +152,7 @@ class ParallelSubplanDispatcher:
 
         async def worker() -> None:
             nonlocal unstarted
-            cancel_scope = tg.cancel_scope
+            cancel_scope = scope
             while True:
                 while not ready:
                     if unstarted == 0:
@@ -199,10 +206,18 @@ class ParallelSubplanDispatcher:
             if waiting[child.name] == 0 and not self._is_kept(prefix + child.name):
                 ready.append(child)
 
+        workers = min(config.max_parallel, unstarted)
+        scope: anyio.CancelScope
         try:
-            async with anyio.create_task_group() as tg:
-                for _ in range(min(config.max_parallel, unstarted)):
-                    tg.start_soon(worker)
+            if workers == 1 and (locks is None or not any(c.locks for c in children)):
+                # One worker and no lock waits: it runs in this task (no task group to make).
+                with anyio.CancelScope() as scope:
+                    await worker()
+            else:
+                async with anyio.create_task_group() as tg:
+                    scope = tg.cancel_scope
+                    for _ in range(workers):
+                        tg.start_soon(worker)
         finally:
             for child in children:
                 close(child.name, SubplanState.CANCELLED, "cancelled before it started")
@@ -309,7 +324,13 @@ class ParallelSubplanDispatcher:
         if child.run is not None:
             log_path = self.log_path(path)
             status.log_path = str(log_path)
-            step_env = {**env, "ENGINE_RUN_ID": self.tracker.run_id, "ENGINE_SUBPLAN_PATH": path}
+            base = self.settings.base_env
+            step_env = {
+                **(os.environ if base is None else base),
+                **env,
+                "ENGINE_RUN_ID": self.tracker.run_id,
+                "ENGINE_SUBPLAN_PATH": path,
+            }
             try:
                 await run_command(
                     child.run,
@@ -319,7 +340,8 @@ class ParallelSubplanDispatcher:
                     kill_grace=self.settings.kill_grace,
                 )
             finally:
-                status.output_tail = read_tail(log_path)
+                tail = read_tail(log_path)
+                status.output_tail = Redactor(step_env)(tail) if tail is not None else None
             return
         assert child.call is not None
         target = self._callables.get(child.call)
@@ -331,7 +353,9 @@ class ParallelSubplanDispatcher:
             log_path = self.log_path(path)
             write_traceback(log_path, exc)
             status.log_path = str(log_path)
-            raise
+            base = self.settings.base_env
+            secrets = Redactor({**(os.environ if base is None else base), **env})
+            raise StepFailed(secrets(exc.message)) from exc.__cause__
 
     def log_path(self, path: str) -> Path:
         return self.settings.log_dir / log_file_name(path)

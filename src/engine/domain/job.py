@@ -143,7 +143,8 @@ def deserialize_job_payload(text: str) -> JobPayload:
         raise JobPayloadError(f"job payload holds an invalid plan: {exc}") from None
     # The plan's folder is the working folder: `cwd` and `call` modules resolve from there.
     name = Path(source).name if source else f"{plan.name}.yaml"
-    plan = plan.with_source(Path(workdir) / name)
+    folder = Path(workdir)
+    plan = plan.with_source(folder / name, resolved=folder.is_absolute())
     return JobPayload(version=version, plan=plan, workdir=workdir, plan_source=source)
 
 

@@ -25,9 +25,10 @@ from engine.domain.states import AsyncJobStatus, RunState, SubplanState
 from engine.errors import EngineError, JobPayloadError
 from engine.ports.clock import Clock
 from engine.redaction import Redactor
+from engine.signing import SigningKey, verify_payload
 
 if TYPE_CHECKING:
-    from engine.app import PreparedRun
+    from engine.prepared import PreparedRun
 
 logger = logging.getLogger("engine.worker")
 
@@ -96,12 +97,18 @@ async def run_job(
     *,
     job_timeout: float,
     redact: Redactor,
+    signing_key: SigningKey | None = None,
 ) -> JobOutcome | None:
-    """Run the job's plan to its end; the outcome to record (None: the claim was lost)."""
+    """Run the job's plan to its end; the outcome to record (None: the claim was lost).
+    With a `signing_key`, a job whose payload signature is missing or wrong fails unrun."""
     try:
+        if signing_key is not None:
+            verify_payload(running.job.payload, running.job.id, signing_key)
         payload = deserialize_job_payload(running.job.payload)
-    except JobPayloadError as exc:
-        return running.outcome(clock, AsyncJobStatus.FAILED, redact(str(exc)))
+    except JobPayloadError as exc:  # JobSignatureError included: nothing of the plan runs
+        message = redact(str(exc))
+        logger.warning("job %s: %s", running.job.id, message)
+        return running.outcome(clock, AsyncJobStatus.FAILED, message)
     prepared: PreparedRun | None = None
     error: str | None = None
     with running.scope:
@@ -110,7 +117,8 @@ async def run_job(
             try:
                 prepared = engine.prepare_run(payload.plan, lock_wait=job_timeout)
                 running.run_id = prepared.run_id
-                await prepared.execute()
+                # The job row says it runs: its run is created by the next flush, not awaited.
+                await prepared.execute(record_first=False)
             except EngineError as exc:
                 error = str(exc)
             except Exception as exc:  # a bug must fail the job, not the pool

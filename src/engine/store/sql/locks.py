@@ -16,6 +16,10 @@ win. Renew and release are single conditional UPDATE/DELETE statements, which Po
 re-checks the same way after waiting for a concurrent writer of the row. SQLite has one writer at
 a time. Statements run in autocommit (one round trip each; PERFORMANCE.md), and on SQLite they
 share the process's write lock with the recorder's batches.
+
+Acquires and releases that arrive while another is in flight are made together (`GroupCommit`):
+one multi-row upsert for the acquires, one DELETE and one UPDATE for the releases, each row
+answered on its own. A batch never holds the same lock twice, so its rows cannot interfere.
 """
 
 from __future__ import annotations
@@ -31,15 +35,30 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.domain.lock import LockKind, LockRecord, Resource
+from engine.store.sql.batch import GroupCommit
 from engine.store.sql.engine import autocommit
 from engine.store.sql.errors import translated
 from engine.store.sql.tables import locks
 
 _KEY = (locks.c.resource_type, locks.c.resource_id)
+_MINE = sa.tuple_(locks.c.resource_type, locks.c.resource_id, locks.c.owner_id).in_(
+    sa.bindparam("mine", expanding=True)
+)
+#: Releases: delete the locks held once, count down the re-entered ones (`mine`: key + owner).
+_RELEASE_LAST = sa.delete(locks).where(_MINE, locks.c.depth == 1).returning(*_KEY)
+_RELEASE_ONE_LEVEL = (
+    sa.update(locks)
+    .where(_MINE, locks.c.depth > 1)
+    .values(depth=locks.c.depth - 1)
+    .returning(*_KEY, locks.c.depth)
+)
+
+Key = tuple[str, str]
 
 
 def acquire_statement(dialect: str) -> sa.Insert:
-    """The one-statement acquire in the dialect's upsert syntax."""
+    """The one-statement acquire in the dialect's upsert syntax. Given several rows of
+    parameters, SQLAlchemy sends them as ONE multi-row statement ("insertmanyvalues")."""
     insert = postgresql.insert(locks) if dialect == "postgresql" else sqlite.insert(locks)
     new = insert.excluded
     # The same owner holding it unexpired re-enters; anything else that matches WHERE (the same
@@ -59,6 +78,14 @@ def acquire_statement(dialect: str) -> sa.Insert:
         },
         where=sa.or_(locks.c.owner_id == new.owner_id, locks.c.expires_at <= new.acquired_at),
     ).returning(*locks.c)
+
+
+def _key(resource: Resource) -> Key:
+    return (resource.kind.value, resource.name)
+
+
+def _key_of_claim(claim: LockRecord) -> Key:
+    return _key(claim.resource)
 
 
 def _is(resource: Resource) -> sa.ColumnElement[bool]:
@@ -100,6 +127,12 @@ class SqlLocks:
         )
         self._serialize_locks = sqlite_backend
         self._acquire = acquire_statement(engine.dialect.name)
+        self._acquires: GroupCommit[LockRecord, LockRecord | None] = GroupCommit(
+            self._acquire_batch, _key_of_claim
+        )
+        self._releases: GroupCommit[tuple[Resource, str], int | None] = GroupCommit(
+            self._release_batch, lambda request: _key(request[0])
+        )
 
     def _writing(self) -> AbstractAsyncContextManager[Any]:
         return self._write_lock if self._serialize_locks else nullcontext()
@@ -113,19 +146,34 @@ class SqlLocks:
                     return result.mappings().all() if result.returns_rows else result.rowcount
 
     async def acquire_lock(self, claim: LockRecord) -> LockRecord | None:
-        params = {
-            "resource_type": claim.resource.kind.value,
-            "resource_id": claim.resource.name,
-            "owner_id": claim.owner_id,
-            "acquired_at": claim.acquired_at,
-            "expires_at": claim.expires_at,
-            "depth": 1,
-            "host": claim.host,
-            "pid": claim.pid,
-            "run_id": claim.run_id,
+        return await self._acquires.submit(claim)
+
+    async def _acquire_batch(self, claims: list[LockRecord]) -> list[LockRecord | None]:
+        rows = [
+            {
+                "resource_type": claim.resource.kind.value,
+                "resource_id": claim.resource.name,
+                "owner_id": claim.owner_id,
+                "acquired_at": claim.acquired_at,
+                "expires_at": claim.expires_at,
+                "depth": 1,
+                "host": claim.host,
+                "pid": claim.pid,
+                "run_id": claim.run_id,
+            }
+            for claim in claims
+        ]
+        doing = f"acquiring lock {claims[0].resource}" if len(claims) == 1 else "acquiring locks"
+        taken = {
+            _key(r.resource): r for r in map(_record, await self._write(doing, self._acquire, rows))
         }
-        rows = await self._write(f"acquiring lock {claim.resource}", self._acquire, params)
-        return _record(rows[0]) if rows else None
+        answers: list[LockRecord | None] = []
+        for claim in claims:
+            record = taken.get(_key(claim.resource))
+            answers.append(
+                record if record is not None and record.owner_id == claim.owner_id else None
+            )
+        return answers
 
     async def renew_lock(
         self, resource: Resource, owner_id: str, now: datetime, expires_at: datetime
@@ -140,24 +188,27 @@ class SqlLocks:
         return _record(rows[0]) if rows else None
 
     async def release_lock(self, resource: Resource, owner_id: str) -> int | None:
-        mine = sa.and_(_is(resource), locks.c.owner_id == owner_id)
-        last = sa.delete(locks).where(mine, locks.c.depth == 1).returning(locks.c.depth)
-        fewer = (
-            sa.update(locks)
-            .where(mine, locks.c.depth > 1)
-            .values(depth=locks.c.depth - 1)
-            .returning(locks.c.depth)
-        )
-        doing = f"releasing lock {resource}"
+        return await self._releases.submit((resource, owner_id))
+
+    async def _release_batch(self, requests: list[tuple[Resource, str]]) -> list[int | None]:
+        """Delete the locks held once; count down the re-entered ones; the depth left of each
+        (0: released), None for a lock the owner does not hold."""
+        left: dict[Key, int] = {}
+        todo = {(*_key(resource), owner) for resource, owner in requests}
+        doing = "releasing locks" if len(requests) > 1 else f"releasing lock {requests[0][0]}"
         # Two tries: the same owner may re-enter or release between the two statements.
         for _ in range(2):
-            if await self._write(doing, last):
-                return 0
-            rows = await self._write(doing, fewer)
-            if rows:
-                depth: int = rows[0]["depth"]
-                return depth
-        return None
+            if not todo:
+                break
+            for row in await self._write(doing, _RELEASE_LAST, {"mine": list(todo)}):
+                left[(row["resource_type"], row["resource_id"])] = 0
+            todo = {t for t in todo if t[:2] not in left}
+            if not todo:
+                break
+            for row in await self._write(doing, _RELEASE_ONE_LEVEL, {"mine": list(todo)}):
+                left[(row["resource_type"], row["resource_id"])] = row["depth"]
+            todo = {t for t in todo if t[:2] not in left}
+        return [left.get(_key(resource)) for resource, _owner in requests]
 
     async def release_locks_of(self, owner_id: str) -> list[Resource]:
         statement = sa.delete(locks).where(locks.c.owner_id == owner_id).returning(*_KEY)
