@@ -11,7 +11,8 @@ appended.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -20,6 +21,11 @@ from engine.domain.events import Event
 from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord
 from engine.domain.lock import LockRecord, Resource
 from engine.domain.states import AsyncJobStatus, FailureMode, RunState, SubplanState
+
+#: The error of a run (and its unfinished subplans) whose process died (`abandon_lost_runs`).
+LOST_RUN_ERROR = (
+    "lost: the process running it stopped without recording its end (its plan lock expired)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,14 @@ class RunStore(Protocol):
 
     async def list_events(self, run_id: str) -> list[Event]:
         """In `seq` order."""
+        ...
+
+    async def abandon_lost_runs(self, now: datetime, created_before: datetime) -> list[str]:
+        """Runs still `pending` or `running` that were created before `created_before` and
+        hold no unexpired `plan:` lock (a live run always does: it takes the lock before it is
+        recorded and renews it until its end is): their process died. Each becomes `failed`
+        (finished `now`, with an error saying so), its unfinished subplans `cancelled`, in one
+        transaction; the ids of those runs."""
         ...
 
 
@@ -233,6 +247,13 @@ class JobStore(Protocol):
 
     async def list_workers(self) -> list[WorkerRecord]:
         """Registered workers, ordered by id."""
+        ...
+
+    def job_notifications(self, wake: Callable[[], None]) -> AbstractAsyncContextManager[bool]:
+        """`async with store.job_notifications(wake) as active`: while inside, `wake()` is
+        called whenever jobs may have been queued by any process (PostgreSQL LISTEN/NOTIFY).
+        `active` is False where the store cannot notify (SQLite, memory): workers then find
+        other processes' jobs by polling alone."""
         ...
 
 

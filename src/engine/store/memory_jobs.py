@@ -6,7 +6,8 @@ Same contract as `engine.store.sql.jobs` (tests/test_job_store_contract.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -173,6 +174,12 @@ class MemoryJobs:
 
     async def list_workers(self) -> list[WorkerRecord]:
         return [self._workers[i] for i in sorted(self._workers)]
+
+    @asynccontextmanager
+    async def job_notifications(self, wake: Callable[[], None]) -> AsyncIterator[bool]:
+        """Nothing to listen to: jobs of this store are submitted in this process, whose
+        `JobService` wakes its workers itself."""
+        yield False
 
 
 def _utc(value: datetime) -> datetime:

@@ -77,6 +77,8 @@ class WorkerHealthReport:
     store_errors: int = 0
     #: Outcomes waiting to be written.
     pending_outcomes: int = 0
+    #: Whether the store wakes this pool when jobs are queued (PostgreSQL LISTEN/NOTIFY).
+    notifications: bool = False
 
     def snapshot(self) -> WorkerHealthReport:
         return replace(self)

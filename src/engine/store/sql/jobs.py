@@ -19,6 +19,11 @@ concurrent writer), so a job can never be claimed twice. `attempts + 1` is the c
 token: every later write of the worker is
 `... WHERE id = :id AND status = 'running' AND worker_id = :w AND attempts = :t`.
 
+On PostgreSQL every statement that queues jobs (enqueue, a hand-back, a rescue) also sends
+`NOTIFY engine_jobs` in its transaction, and idle workers LISTEN on that channel through a
+connection of their own (`job_notifications`): they wake as the transaction commits instead of
+at their next poll. Polling stays as the fallback (a lost listener connection, SQLite).
+
 Single statements run in autocommit; batches (completions, heartbeat + worker row, rescues) in
 one short transaction; completions are one executemany per batch. On SQLite every write takes
 the process's write lock, shared with the recorder and the locks. Driver errors become
@@ -27,8 +32,9 @@ the process's write lock, shared with the recorder and the locks. Driver errors 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +49,14 @@ from engine.domain.states import TERMINAL_JOB_STATUSES, AsyncJobStatus
 from engine.store.sql.engine import autocommit, writer
 from engine.store.sql.errors import translated
 from engine.store.sql.tables import jobs, workers
+
+logger = logging.getLogger("engine.worker")
+
+#: The PostgreSQL channel of "jobs were queued" notifications.
+CHANNEL = "engine_jobs"
+_NOTIFY = sa.select(sa.func.pg_notify(CHANNEL, ""))
+#: How long closing the listener connection may take.
+_UNLISTEN_TIMEOUT = 5.0
 
 _QUEUED, _RUNNING = AsyncJobStatus.QUEUED.value, AsyncJobStatus.RUNNING.value
 _TERMINAL = [s.value for s in TERMINAL_JOB_STATUSES]
@@ -147,6 +161,7 @@ class SqlJobs:
             with translated(self._location, "enqueueing jobs"):
                 async with self._jobs_writer.begin() as conn:
                     await conn.execute(sa.insert(jobs), rows)
+                    await self._notify(conn)
 
     async def claim_jobs(self, worker_id: str, now: datetime, limit: int) -> list[AsyncJob]:
         oldest = (
@@ -214,6 +229,8 @@ class SqlJobs:
         mine = [o for o in outcomes if claims.get(o.job_id) == (o.worker_id, o.token)]
         if mine:
             await conn.execute(_FINISH, [_finish_params(o) for o in mine])
+            if any(o.status is AsyncJobStatus.QUEUED for o in mine):
+                await self._notify(conn)  # handed back: another worker may take them now
         return [o.job_id for o in mine]
 
     async def request_cancel(self, job_id: str, now: datetime) -> AsyncJob | None:
@@ -252,6 +269,8 @@ class SqlJobs:
                         row = await self._rescue(conn, job, now, stuck_before)
                         if row is not None:
                             rescued.append(_job(row))
+                    if any(job.status is AsyncJobStatus.QUEUED for job in rescued):
+                        await self._notify(conn)
         return rescued
 
     @staticmethod
@@ -290,6 +309,62 @@ class SqlJobs:
         which = workers.c.id == worker_id if worker_id else workers.c.last_heartbeat < seen_before
         count: int = await self._jobs_one("forgetting workers", sa.delete(workers).where(which))
         return count
+
+    # -- notifications (PostgreSQL) --------------------------------------------------------
+
+    async def _notify(self, conn: AsyncConnection) -> None:
+        """Tell listening workers that jobs are queued (delivered when `conn` commits)."""
+        if not self._jobs_sqlite:
+            await conn.execute(_NOTIFY)
+
+    @asynccontextmanager
+    async def job_notifications(self, wake: Callable[[], None]) -> AsyncIterator[bool]:
+        if self._jobs_sqlite:
+            yield False
+            return
+        listening = await self._listen(wake)
+        if listening is None:
+            yield False
+            return
+        conn, driver, heard, lost = listening
+        try:
+            yield True
+        finally:
+            # Closed by us, not lost: no warning (the connection goes back to the pool, whose
+            # disposal would otherwise call `lost` at every clean shutdown).
+            driver.remove_termination_listener(lost)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_UNLISTEN_TIMEOUT):
+                try:
+                    await driver.remove_listener(CHANNEL, heard)
+                except Exception as exc:  # a dead connection: it is closed below anyway
+                    logger.debug("UNLISTEN failed: %s", exc)
+                await conn.close()
+
+    async def _listen(
+        self, wake: Callable[[], None]
+    ) -> tuple[AsyncConnection, Any, Callable[..., None], Callable[..., None]] | None:
+        """LISTEN on a connection of our own (held until `job_notifications` ends); None,
+        with a warning, if that fails (the worker then polls)."""
+
+        def heard(*_: object) -> None:
+            wake()
+
+        def lost(*_: object) -> None:
+            logger.warning("%s: the LISTEN connection closed; polling only", self._location)
+
+        conn: AsyncConnection | None = None
+        try:
+            conn = await self._jobs_engine.connect()
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            await driver.add_listener(CHANNEL, heard)
+            driver.add_termination_listener(lost)
+        except Exception as exc:
+            logger.warning("%s: cannot LISTEN (%s); polling only", self._location, exc)
+            if conn is not None:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+            return None
+        return conn, driver, heard, lost
 
     # -- reading -------------------------------------------------------------------------------
 
