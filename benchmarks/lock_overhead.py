@@ -6,7 +6,7 @@ time a locked run adds over an unlocked one, all measured in this one process ru
    (PostgreSQL) for a TTL lock acquire + release through SQLAlchemy async.
 2. A small plan (20 no-op `call` steps, cap 4) run again and again in one open Engine:
    - unlocked: no lock at all (the run's `plan:` lock switched off for this measurement only,
-     by replacing `engine.app.run_claims`);
+     by replacing `engine.prepared.run_claims`);
    - run locks: what every run holds, `plan:<name>` and `project:<project>`;
    - + resource locks: and each of the 20 subplans declares `locks: [r<i>]`.
    Ratios are against the unlocked variant on the same store.
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import engine
-import engine.app
+import engine.prepared
 from engine.app import Engine
 from engine.domain.lock import Owner
 from engine.domain.plan import Plan
@@ -56,12 +56,12 @@ def make_plan(*, resource_locks: bool) -> Plan:
 
 @contextmanager
 def without_run_locks() -> Iterator[None]:
-    original = engine.app.run_claims
-    engine.app.run_claims = lambda plan, settings: []
+    original = engine.prepared.run_claims
+    engine.prepared.run_claims = lambda plan, settings: []
     try:
         yield
     finally:
-        engine.app.run_claims = original
+        engine.prepared.run_claims = original
 
 
 async def pairs_per_second(settings: engine.Settings, url: str | None, pairs: int) -> float:

@@ -4,6 +4,7 @@ one SQLite file, and the run's final state written when SIGINT stops it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -166,6 +167,16 @@ def test_bad_database_urls_exit_2(project: Path) -> None:
     assert not (project / "a.count").exists()  # nothing ran
 
 
+def test_a_url_option_the_driver_does_not_take_exits_2_without_a_traceback(project: Path) -> None:
+    url = "postgresql://postgres:s3cret@127.0.0.1:1/engine?foo=bar"
+    done = cli("run", "plan.yaml", "--db", url, cwd=project)
+    assert done.returncode == 2
+    assert "has an option the driver does not accept ('foo')" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "s3cret" not in done.stderr
+    assert not (project / "a.count").exists()  # nothing ran
+
+
 def test_a_file_that_is_not_a_database_is_refused_and_left_untouched(project: Path) -> None:
     notes = project / "notes.txt"
     notes.write_text("shopping list\n" * 50)
@@ -322,7 +333,12 @@ def test_a_killed_run_keeps_what_was_flushed_and_can_be_resumed(tmp_path: Path) 
     (tmp_path / "resume.ok").touch()
     resumed = cli("resume", run["id"], "--quiet", "--lock-wait", "20", cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "is recorded as running (its process may have died)" in resumed.stdout
+    # Its lock (TTL 1 s) may have expired by now, and the run been failed as lost on opening;
+    # if not, resume waits for the lock and says the run looks abandoned.
+    assert (
+        "is recorded as running (its process may have died)" in resumed.stdout
+        or "its process was lost; recorded as failed" in resumed.stderr
+    ), resumed.stdout + resumed.stderr
     assert (tmp_path / "a.count").read_text().splitlines() == ["ran"]
 
 
@@ -347,3 +363,43 @@ def test_postgres_end_to_end(project: Path, postgres_database: Callable[[], str]
     listed = json.loads(cli("runs", "list", "--json", "--db", url, cwd=project).stdout)
     assert [(r["id"], r["state"]) for r in listed] == [(second, "completed"), (first, "failed")]
     assert f"revision {HEAD} (head)" in cli("db", "current", "--db", url, cwd=project).stdout
+
+
+def test_a_run_whose_process_was_killed_is_failed_once_its_plan_lock_expires(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "slow.yaml").write_text(
+        'name: slow\nsubplans:\n  - {name: wait, run: "echo $$ > step.pid; exec sleep 60"}\n'
+    )
+    env = env_for(tmp_path, ENGINE_LOCKS_PLAN_TTL="1")
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "engine", "run", "slow.yaml", "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    step = tmp_path / "step.pid"
+    try:
+        wait_for(lambda: step.exists() and step.read_text().strip() != "", what="the step")
+        holder.kill()  # SIGKILL: the run cannot record its end
+        out, _ = holder.communicate(timeout=10)
+
+        def failed_as_lost() -> bool:
+            shown = cli("runs", "list", cwd=tmp_path, env=env).stdout
+            assert "completed" not in shown, shown
+            return "failed" in shown
+
+        # The lock (TTL 1 s) expires and the run is older than one TTL: the next open fails it.
+        wait_for(failed_as_lost, timeout=20, what="the lost run to be failed")
+        run_id = run_id_of(out)
+        shown = cli("runs", "show", run_id, cwd=tmp_path, env=env)
+        assert "process running it stopped without recording its end" in shown.stdout
+    finally:
+        if step.exists() and step.read_text().strip():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(step.read_text()), signal.SIGKILL)
+        if holder.poll() is None:
+            holder.kill()
+            holder.communicate(timeout=10)

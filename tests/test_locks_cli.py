@@ -173,22 +173,23 @@ def test_a_killed_holders_lock_expires_after_the_ttl_and_is_taken_over(
 
 def test_renewal_keeps_a_long_run_locked_past_several_ttls(tmp_path: Path, url: str) -> None:
     plan, name = write_plan(tmp_path, UNTIL_RELEASED)
-    env = env_for(tmp_path, url, ENGINE_LOCKS_PLAN_TTL="0.5")
+    env = env_for(tmp_path, url, ENGINE_LOCKS_PLAN_TTL="1.0")
     holder = start(tmp_path, env, "run", str(plan), "--quiet", log="holder.log")
     try:
         wait_for(held_by(url, f"plan:{name}", holder.pid), what="the holder's lock")
         first = stored_lock(url, f"plan:{name}")
         assert first is not None
-        # Four TTLs pass; at every look the lock is still the holder's and unexpired.
+        # Three TTLs pass, the lock renewed every third of one (only a holder starved for 2/3 s
+        # would lapse); at every look the lock is still the holder's and unexpired.
         looks = 0
 
-        def four_ttls_held() -> bool:
+        def three_ttls_held() -> bool:
             nonlocal looks
             assert held_by(url, f"plan:{name}", holder.pid)(), "the lock lapsed"
             looks += 1
-            return (datetime.now(UTC) - first.acquired_at).total_seconds() > 2.0
+            return (datetime.now(UTC) - first.acquired_at).total_seconds() > 3.0
 
-        wait_for(four_ttls_held, timeout=10, what="four TTLs")
+        wait_for(three_ttls_held, timeout=15, what="three TTLs")
         assert looks > 1
         refused = run_engine("run", str(plan), "--quiet", cwd=tmp_path, env=env)
         assert refused.returncode == 3, refused.stdout + refused.stderr

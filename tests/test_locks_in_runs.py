@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 import lockkit
+from dbkit import empty_store
 from engine import (
     AggregateSubplanError,
     Engine,
@@ -22,7 +23,7 @@ from engine import (
     RunState,
     SubplanState,
 )
-from engine.app import PreparedRun
+from engine.prepared import PreparedRun
 from engine.testing import ManualClock, hosted, settings_for_test
 
 TTL = 3.0
@@ -51,6 +52,7 @@ async def eng(
         url = request.getfixturevalue("postgres_url")
     settings = settings_for_test(tmp_path, **{"locks.plan_ttl": TTL, "locks.project_ttl": TTL})
     async with hosted(Engine(settings, database_url=url, clock=clock)) as opened:
+        await empty_store(opened.store)  # the PostgreSQL database is shared with other tests
         yield opened
 
 

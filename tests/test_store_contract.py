@@ -273,3 +273,49 @@ async def test_subplans_can_be_added_to_a_created_run(store: Store) -> None:
     with pytest.raises(StoreError):
         await store.write(Changes(added=subplans_of(ghost, "a")))
     assert len(await store.list_subplans(run.id)) == 2
+
+
+async def test_runs_without_a_live_plan_lock_are_failed_as_lost(store: Store) -> None:
+    """A live run holds its unexpired `plan:` lock; one that does not is a dead process's."""
+    from engine.domain.lock import LockRecord, Owner, Resource
+    from engine.ports.store import LOST_RUN_ERROR
+
+    later = T0 + timedelta(minutes=10)
+    dead, alive, finished, young = a_run(), a_run(), a_run(), a_run(at=later)
+    for run in (dead, alive, finished, young):
+        await create(store, run, "g", "g/a", "b")
+    running = {
+        r.id: replace(r, state=RunState.RUNNING, started_at=r.created_at)
+        for r in (dead, alive, young)
+    }
+    done = replace(finished, state=RunState.COMPLETED, started_at=T0, finished_at=T0, duration=0.0)
+    started = replace(subplans_of(dead, "g", "g/a", "b")[0], state=SubplanState.RUNNING)
+    await store.write(Changes(runs=[*running.values(), done]))
+    await store.write(Changes(subplans=[replace(started, id="ignored")]))
+    owner = Owner.of_run(alive.id)
+    await store.acquire_lock(LockRecord.claim(Resource.of("plan:alive"), owner, later, 600))
+    expired = Owner.of_run(dead.id)
+    await store.acquire_lock(LockRecord.claim(Resource.of("plan:dead"), expired, T0, 60))
+
+    now = later + timedelta(seconds=1)
+    lost = await store.abandon_lost_runs(now, created_before=later)
+
+    assert lost == [dead.id]
+    record = await store.get_run(dead.id)
+    assert record is not None
+    assert (record.state, record.error, record.finished_at) == (
+        RunState.FAILED,
+        LOST_RUN_ERROR,
+        now,
+    )
+    assert {s.path: s.state for s in await store.list_subplans(dead.id)} == {
+        "g": SubplanState.CANCELLED,
+        "g/a": SubplanState.CANCELLED,
+        "b": SubplanState.CANCELLED,
+    }
+    for kept in (alive, young):
+        assert (await store.get_run(kept.id)).state is RunState.RUNNING  # type: ignore[union-attr]
+    assert (await store.get_run(finished.id)).state is RunState.COMPLETED  # type: ignore[union-attr]
+    assert await store.abandon_lost_runs(now, created_before=later) == []
+    for name in ("alive", "dead"):  # the PostgreSQL database is shared with later tests
+        await store.delete_lock(Resource.of(f"plan:{name}"))

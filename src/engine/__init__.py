@@ -8,7 +8,7 @@ events, durable state, TTL locks and background jobs.
     result = await engine.run_plan("plan.yaml")
 """
 
-from engine.app import Engine, PreparedRun, run_plan
+from engine.app import Engine, run_plan
 from engine.config import Settings, load_settings
 from engine.delegation import (
     CompletionStream,
@@ -53,6 +53,7 @@ from engine.errors import (
     InvalidTransitionError,
     JobNotFoundError,
     JobPayloadError,
+    JobSignatureError,
     LockConflictError,
     LockError,
     LockExpiredError,
@@ -72,6 +73,7 @@ from engine.locks import LockService
 from engine.planfile import load_plan
 from engine.ports.clock import Clock, SystemClock
 from engine.ports.store import RunRecord, Store, SubplanRecord
+from engine.prepared import PreparedRun
 from engine.worker import WorkerHealthReport, WorkerPool, WorkerSettings
 
 __version__ = "0.1.0"
@@ -102,6 +104,7 @@ __all__ = [
     "InvalidTransitionError",
     "JobNotFoundError",
     "JobPayloadError",
+    "JobSignatureError",
     "JobStateChanged",
     "LockConflictError",
     "LockError",

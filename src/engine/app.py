@@ -18,10 +18,11 @@ execution. Opening the engine purges expired locks.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -44,29 +45,26 @@ from engine.dispatch.dispatcher import DispatchSettings, ParallelSubplanDispatch
 from engine.dispatch.tracker import SubplanTracker
 from engine.domain.events import Event
 from engine.domain.job import DEFAULT_MAX_ATTEMPTS, AsyncJob
-from engine.domain.lock import Owner
 from engine.domain.plan import ParallelExecutionConfig, Plan
-from engine.domain.results import RunResult, SubplanResult
-from engine.domain.states import AsyncJobStatus, FailureMode, RunState
+from engine.domain.results import RunResult
+from engine.domain.states import AsyncJobStatus, FailureMode
 from engine.errors import (
-    AggregateSubplanError,
-    LockExpiredError,
-    RunCancelledError,
     RunNotFoundError,
-    SubplanExecutionError,
 )
 from engine.events import EventBus
-from engine.ids import new_ids
 from engine.jobs.service import JobService
-from engine.locks.enforce import SubplanLocks, declares_locks, run_claims
+from engine.locks.enforce import SubplanLocks, declares_locks
 from engine.locks.service import LockService
 from engine.planfile import load_plan
 from engine.ports.clock import Clock, SystemClock
-from engine.ports.store import RunRecord, Store, SubplanRecord
+from engine.ports.store import RunRecord, Store
+from engine.prepared import PreparedRun
 from engine.recorder import Recorder
-from engine.resume import PlanSnapshot, ResumePoint, mark_kept, resume_point
+from engine.resume import ResumePoint, mark_kept, resume_point
 from engine.store import MemoryStore, open_store
 from engine.worker import WorkerPool, WorkerSettings
+
+logger = logging.getLogger("engine")
 
 PlanSource = Plan | str | os.PathLike[str]
 
@@ -123,6 +121,7 @@ class Engine:
         self._delegator: Delegator | None = None
         #: Closed first on exit, so cancelled delegated runs are still recorded.
         self._delegation_stack: AsyncExitStack | None = None
+        self._logs: Path | None = None
 
     @property
     def store(self) -> Store:
@@ -201,6 +200,7 @@ class Engine:
             self._locks = LockService(self._store, self.clock, bus=self.bus)
             self._jobs = JobService(self._store, self.clock, self.settings.async_, bus=self.bus)
             if self.purge_expired_locks:
+                await self.abandon_lost_runs()
                 await self._locks.cleanup_expired()
             delegation_stack = AsyncExitStack()
             stack.push_async_callback(delegation_stack.aclose)
@@ -246,6 +246,17 @@ class Engine:
     async def _close_store(self, store: Store) -> None:
         self._store = None
         await store.close()
+
+    async def abandon_lost_runs(self) -> list[str]:
+        """Fail the runs whose process died without recording their end (a SIGKILL, a lost
+        machine): still `running` in the store, but their `plan:` lock has expired. Done when
+        the engine opens and, now and then, by workers; the ids of the runs failed."""
+        now = self.clock.now()
+        cutoff = now - timedelta(seconds=self.settings.locks.plan_ttl)
+        lost = await self.store.abandon_lost_runs(now, cutoff)
+        for run_id in lost:
+            logger.warning("run %s: its process was lost; recorded as failed", run_id)
+        return lost
 
     async def get_run(self, run_id: str) -> RunRecord:
         """The stored record of a run; RunNotFoundError if the store does not know it."""
@@ -397,8 +408,7 @@ class Engine:
             defaults=defaults,
             retry_backoff=self.settings.retry_backoff,
             kill_grace=self.settings.kill_grace,
-            log_dir=Path(self.settings.data_dir).resolve() / "logs" / run_id,
-            base_env=os.environ.copy(),
+            log_dir=self._log_root() / run_id,
         )
         if not lock_wait >= 0:
             raise ValueError(f"lock_wait must be 0 or more seconds, got {lock_wait}")
@@ -416,188 +426,17 @@ class Engine:
         )
         return PreparedRun(plan, tracker, dispatcher, self, defaults, resume, lock_wait=lock_wait)
 
-
-class PreparedRun:
-    """One run of a plan: `await execute()` runs it; `result()` is its state at any time."""
-
-    def __init__(
-        self,
-        plan: Plan,
-        tracker: SubplanTracker,
-        dispatcher: ParallelSubplanDispatcher,
-        engine: Engine,
-        defaults: ParallelExecutionConfig,
-        resume: ResumePoint | None = None,
-        *,
-        lock_wait: float = 0.0,
-    ) -> None:
-        self.plan = plan
-        self.tracker = tracker
-        self.dispatcher = dispatcher
-        self.defaults = defaults
-        #: Set for a resumed run: the earlier run, what is kept from it, notes for the user.
-        self.resume = resume
-        #: Seconds to wait for a lock held by another run before failing.
-        self.lock_wait = lock_wait
-        self._engine = engine
-        self._failure: BaseException | None = None
-
-    @property
-    def run_id(self) -> str:
-        return self.tracker.run_id
-
-    @property
-    def resumed_from(self) -> str | None:
-        return self.resume.previous.id if self.resume is not None else None
-
-    async def execute(self) -> RunResult:
-        """Take the run's locks, record the run, run it, and return once its terminal state is
-        in the store. `LockConflictError` (before anything is recorded) if another owner holds
-        the plan's or project's lock beyond `lock_wait`."""
-        engine = self._engine
-        recorder = engine._recorder
-        if recorder is None:
-            async with engine:
-                return await self.execute()
-        bus = engine.bus
-        self.tracker.emit = bus.publish if bus.active else None
-        _importable(self.plan.base_dir)
-        claims = run_claims(self.plan, engine.settings.locks)
-        owner = Owner.of_run(self.run_id)
-        try:
-            async with engine.locks.hold_all(claims, owner, wait=self.lock_wait) as guard:
-                run, plan_json, subplans = self._records()
-                await recorder.begin(run, plan_json, subplans, self.tracker)
-                try:
-                    self._failure = await _execute(
-                        self.plan, self.tracker, self.dispatcher, lambda: guard.lost
-                    )
-                finally:
-                    await recorder.settle()
-        except LockExpiredError as exc:
-            # Lost while the run was going: `_execute` failed it with this error already (a
-            # loss noticed after it completed changes nothing).
-            if self.tracker.run_state is RunState.FAILED and self._failure is None:
-                self._failure = exc
-        return self.result()
-
-    def result(self) -> RunResult:
-        return build_result(self.tracker, self._failure, self.resumed_from)
-
-    def _records(self) -> tuple[RunRecord, str, list[SubplanRecord]]:
-        """The run's first record, its plan as stored, and each subplan's identity and place."""
-        snapshot = PlanSnapshot.of(self.plan)
-        run_id = self.run_id
-        source = self.plan.source
-        run = RunRecord(
-            id=run_id,
-            plan_name=self.plan.name,
-            project=self.plan.project,
-            state=self.tracker.run_state,
-            created_at=self._engine.clock.now(),
-            max_parallel=self.defaults.max_parallel,
-            failure_mode=self.defaults.failure_mode,
-            plan_digest=snapshot.digest,
-            plan_source=str(source) if source is not None else None,
-            resumed_from=self.resumed_from,
-        )
-        statuses = self.tracker.subplans
-        subplans = [
-            SubplanRecord(
-                id=id_,
-                run_id=run_id,
-                path=path,
-                position=position,
-                kind=status.kind,
-                state=status.state,
-            )
-            for position, (id_, (path, status)) in enumerate(
-                zip(new_ids(len(statuses)), statuses.items(), strict=True)
-            )
-        ]
-        return run, snapshot.json, subplans
-
-
-async def _execute(
-    plan: Plan,
-    tracker: SubplanTracker,
-    dispatcher: ParallelSubplanDispatcher,
-    lost: Callable[[], LockExpiredError | None] = lambda: None,
-) -> BaseException | None:
-    """Drive the run's state around the dispatcher; return the failure of a failed run.
-    `lost` tells a cancellation by a lost run lock (the run failed) from an interruption."""
-    tracker.set_run_state(RunState.RUNNING)
-    failure: BaseException | None = None
-    try:
-        if plan.timeout is not None:
-            with anyio.fail_after(plan.timeout):
-                await dispatcher.run()
-        else:
-            await dispatcher.run()
-    except (SubplanExecutionError, AggregateSubplanError) as exc:
-        failure = exc
-        tracker.set_run_state(RunState.FAILED, str(exc))
-    except TimeoutError:
-        failure = RunCancelledError(f"plan timed out after {plan.timeout:g}s")
-        tracker.set_run_state(RunState.FAILED, str(failure))
-    except BaseException:
-        cause = lost()
-        if cause is not None:
-            tracker.set_run_state(RunState.FAILED, str(cause))
-        else:
-            tracker.set_run_state(RunState.CANCELLED, "interrupted")
-        raise
-    else:
-        tracker.set_run_state(RunState.COMPLETED)
-    return failure
-
-
-def build_result(
-    tracker: SubplanTracker,
-    failure: BaseException | None = None,
-    resumed_from: str | None = None,
-) -> RunResult:
-    started, finished = tracker.run_started_at, tracker.run_finished_at
-    return RunResult(
-        run_id=tracker.run_id,
-        resumed_from=resumed_from,
-        plan=tracker.plan_name,
-        state=tracker.run_state,
-        started_at=started,
-        finished_at=finished,
-        duration=(finished - started).total_seconds() if started and finished else None,
-        error=tracker.run_error,
-        exception=failure,
-        subplans={
-            path: SubplanResult(
-                path=path,
-                kind=s.kind,
-                state=s.state,
-                attempts=s.attempts,
-                started_at=s.started_at,
-                finished_at=s.finished_at,
-                duration=s.duration,
-                error=s.error,
-                output_tail=s.output_tail,
-                log_path=s.log_path,
-                result=s.result,
-            )
-            for path, s in tracker.subplans.items()
-        },
-    )
+    def _log_root(self) -> Path:
+        """Where runs keep their step logs (resolved once: a later `chdir` moves nothing)."""
+        if self._logs is None:
+            self._logs = Path(self.settings.data_dir).resolve() / "logs"
+        return self._logs
 
 
 def _as_plan(plan: PlanSource) -> Plan:
     if isinstance(plan, Plan):
         return plan
     return load_plan(Path(os.fspath(plan)))
-
-
-def _importable(folder: Path) -> None:
-    """`call: pkg.mod:fn` finds modules that sit next to the plan file."""
-    entry = str(folder)
-    if entry not in sys.path:
-        sys.path.insert(0, entry)
 
 
 @contextmanager

@@ -13,10 +13,14 @@ from datetime import UTC, datetime
 from typing import overload
 
 from engine.domain.events import Event
+from engine.domain.lock import LockKind
+from engine.domain.states import RunState, SubplanState
 from engine.errors import StoreError
-from engine.ports.store import Changes, RunRecord, SubplanRecord
+from engine.ports.store import LOST_RUN_ERROR, Changes, RunRecord, SubplanRecord
 from engine.store.memory_jobs import MemoryJobs
 from engine.store.memory_locks import MemoryLocks
+
+_UNFINISHED = (RunState.PENDING, RunState.RUNNING)
 
 
 @dataclass(slots=True)
@@ -39,6 +43,33 @@ class MemoryStore(MemoryLocks, MemoryJobs):
     @property
     def location(self) -> str:
         return "memory"
+
+    async def abandon_lost_runs(self, now: datetime, created_before: datetime) -> list[str]:
+        now, created_before = _utc(now), _utc(created_before)
+        live = {
+            lock.run_id
+            for lock in self._locks.values()
+            if lock.resource.kind is LockKind.PLAN and lock.expires_at > now
+        }
+        lost: list[str] = []
+        for run_id, stored in self._runs.items():
+            run = stored.record
+            if run.state not in _UNFINISHED or run.created_at >= created_before or run_id in live:
+                continue
+            stored.record = replace(
+                run,
+                state=RunState.FAILED,
+                finished_at=now,
+                duration=None,  # unknown: when it really stopped was not recorded
+                error=LOST_RUN_ERROR,
+            )
+            for path, sub in stored.subplans.items():
+                if sub.state in (SubplanState.PENDING, SubplanState.RUNNING):
+                    stored.subplans[path] = replace(
+                        sub, state=SubplanState.CANCELLED, finished_at=now, error=LOST_RUN_ERROR
+                    )
+            lost.append(run_id)
+        return lost
 
     async def write(self, changes: Changes) -> None:
         self._check(changes)

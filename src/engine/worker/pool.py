@@ -100,7 +100,11 @@ class WorkerPool:
         await self._maintain()
         unsubscribe = self.engine.jobs.on_submit(self.wake)
         try:
-            async with anyio.create_task_group() as services:
+            async with (
+                self._store.job_notifications(self.wake) as notified,
+                anyio.create_task_group() as services,
+            ):
+                self._report.notifications = notified
                 services.start_soon(self._writer.run)
                 services.start_soon(self._heartbeat_loop)
                 async with anyio.create_task_group() as jobs:
@@ -168,6 +172,7 @@ class WorkerPool:
                 self.clock,
                 job_timeout=self.settings.job_timeout,
                 redact=self._redact,
+                signing_key=self.engine.jobs.settings.signing_key,
             )
         except anyio.get_cancelled_exc_class():
             # Cancelled from outside (the application's scope): hand the job back.
@@ -218,8 +223,12 @@ class WorkerPool:
     async def _heartbeat_loop(self) -> None:
         while True:
             await self.clock.sleep(self.settings.heartbeat_interval)
-            await self._heartbeat()
-            await self._maintain()
+            # Stopped between beats, never inside one: a statement cancelled in flight makes
+            # SQLAlchemy close its aiosqlite connection in a task that may never finish, and
+            # the worker then hangs at exit. A beat is bounded by the store's own timeouts.
+            with anyio.CancelScope(shield=True):
+                await self._heartbeat()
+                await self._maintain()
 
     async def _heartbeat(self) -> None:
         """One heartbeat for all our jobs; act on what it says about each."""
@@ -278,6 +287,7 @@ class WorkerPool:
                 ttl = now - timedelta(seconds=settings.job_ttl)
                 self._report.purged += await self._store.delete_finished_jobs(ttl)
                 await self._store.forget_workers(ttl)
+                await self.engine.abandon_lost_runs()  # e.g. the runs of a SIGKILLed worker
         except StoreError as exc:
             self._report.store_errors += 1
             logger.warning("worker %s: maintenance failed: %s", self.worker_id, exc)

@@ -28,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from engine.errors import NotADatabaseError, SchemaVersionError, StoreError
+from engine.errors import NotADatabaseError, SchemaVersionError, StoreError, StoreURLError
 from engine.store.sql.engine import SQLITE_BUSY_TIMEOUT, autocommit, sqlite_path, writer
 from engine.store.sql.errors import translated
 from engine.store.sql.tables import VERSION_TABLE
@@ -70,8 +70,18 @@ def head_revision() -> str:
 
 async def read_state(engine: AsyncEngine, location: str) -> SchemaState:
     with translated(location, "reading the schema version"), _not_a_database(engine):
-        async with engine.connect() as conn:
-            return await conn.run_sync(_read_state)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(_read_state)
+        except TypeError as exc:
+            # The driver's connect() got a URL query option it does not take (`?foo=bar`).
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            option = str(exc).rpartition("argument")[2].strip()
+            raise StoreURLError(
+                f"{location}: the database URL has an option the driver does not accept "
+                f"({option}); remove it from the URL's query string"
+            ) from None
 
 
 def _read_state(conn: Connection) -> SchemaState:

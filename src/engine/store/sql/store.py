@@ -11,6 +11,7 @@ into a `StoreError` here; nothing above this module imports SQLAlchemy.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 import anyio
 import sqlalchemy as sa
@@ -18,14 +19,16 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine.domain.events import Event
+from engine.domain.lock import LockKind
+from engine.domain.states import RunState, SubplanState
 from engine.errors import StoreError
-from engine.ports.store import Changes, RunRecord, SubplanRecord
+from engine.ports.store import LOST_RUN_ERROR, Changes, RunRecord, SubplanRecord
 from engine.store.sql import mapping
 from engine.store.sql.engine import writer
 from engine.store.sql.errors import translated
 from engine.store.sql.jobs import SqlJobs
 from engine.store.sql.locks import SqlLocks
-from engine.store.sql.tables import events, runs, subplan_runs
+from engine.store.sql.tables import events, locks, runs, subplan_runs
 
 _RUN_UPDATE = (
     sa.update(runs)
@@ -33,6 +36,11 @@ _RUN_UPDATE = (
     .values({c: sa.bindparam(c) for c in mapping.RUN_UPDATE_COLUMNS})
 )
 _RUN_COLUMNS = [c for c in runs.c if c.name != "plan"]
+_COUNT_RUNS = (
+    sa.select(sa.func.count())
+    .select_from(runs)
+    .where(runs.c.id.in_(sa.bindparam("ids", expanding=True)))
+)
 
 
 class _HotStatements:
@@ -107,10 +115,16 @@ class SqlStore(SqlLocks, SqlJobs):
         rows.extend(mapping.subplan_row(s, time) for s in changes.added)
         if rows:
             await conn.exec_driver_sql(hot.insert_subplans, rows)
-        for run in changes.runs:
-            result = await conn.execute(_RUN_UPDATE, mapping.run_update(run))
-            if result.rowcount != 1:
-                raise StoreError(f"{self._location}: cannot update run {run.id}: no such run")
+        if changes.runs:
+            updates = [mapping.run_update(run) for run in changes.runs]
+            if len(updates) == 1 or conn.dialect.supports_sane_multi_rowcount:
+                updated = (await conn.execute(_RUN_UPDATE, updates)).rowcount
+            else:  # asyncpg counts no rows of an executemany: count the runs instead
+                await conn.execute(_RUN_UPDATE, updates)
+                ids = [run.id for run in changes.runs]
+                updated = (await conn.execute(_COUNT_RUNS, {"ids": ids})).scalar_one()
+            if updated != len(updates):
+                raise StoreError(f"{self._location}: an update names an unknown run")
         if changes.subplans:
             params = [mapping.subplan_update(s, time) for s in changes.subplans]
             result = await conn.exec_driver_sql(hot.update_subplans, params)
@@ -118,6 +132,42 @@ class SqlStore(SqlLocks, SqlJobs):
                 raise StoreError(f"{self._location}: an update names an unknown subplan")
         if changes.events:
             await conn.exec_driver_sql(hot.insert_events, mapping.event_rows(changes.events, time))
+
+    async def abandon_lost_runs(self, now: datetime, created_before: datetime) -> list[str]:
+        unfinished = [RunState.PENDING.value, RunState.RUNNING.value]
+        alive = sa.exists().where(
+            locks.c.run_id == runs.c.id,
+            locks.c.resource_type == LockKind.PLAN.value,
+            locks.c.expires_at > now,
+        )
+        fail = (
+            sa.update(runs)
+            .where(runs.c.state.in_(unfinished), runs.c.created_at < created_before, ~alive)
+            .values(
+                state=RunState.FAILED.value, finished_at=now, duration=None, error=LOST_RUN_ERROR
+            )
+            .returning(runs.c.id)
+        )
+        async with self._write_lock:
+            with translated(self._location, "failing lost runs"):
+                async with self._writer.begin() as conn:
+                    lost = list((await conn.execute(fail)).scalars().all())
+                    if lost:
+                        await conn.execute(
+                            sa.update(subplan_runs)
+                            .where(
+                                subplan_runs.c.run_id.in_(lost),
+                                subplan_runs.c.state.in_(
+                                    [SubplanState.PENDING.value, SubplanState.RUNNING.value]
+                                ),
+                            )
+                            .values(
+                                state=SubplanState.CANCELLED.value,
+                                finished_at=now,
+                                error=LOST_RUN_ERROR,
+                            )
+                        )
+        return sorted(lost)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         query = sa.select(*_RUN_COLUMNS).where(runs.c.id == run_id)
