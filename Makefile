@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench reliability flake-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The reliability suites at full size (each prints its figures; docs/reliability.md has them).
+reliability: $(STAMP)
+	@for s in tests/reliability/[!_]*.py; do echo "== $$s"; $(BIN)/python $$s || exit 1; done
+
+# The whole suite 20 times in a row; reports every test that failed at least once.
+flake-check: $(STAMP)
+	$(BIN)/python tests/reliability/_flake_check.py --runs 20
 
 clean:
 	rm -rf $(VENV) .engine .mypy_cache .ruff_cache .pytest_cache
