@@ -15,7 +15,7 @@ from engine.store import open_store, upgrade
 from reliability.chaos import ChaosConfig, run_chaos
 
 SMALL = ChaosConfig(
-    jobs=60,
+    jobs=40,
     workers=2,
     max_kills=2,
     kill_every=(0.3, 0.8),

@@ -13,7 +13,7 @@ import pytest
 from engine.store import open_store, upgrade
 from reliability.lock_model import LockModelConfig, Step, explain, run_lock_model
 
-SMALL = LockModelConfig(rounds=150, agents=3, crash=0.015, seed=11)
+SMALL = LockModelConfig(rounds=100, agents=3, crash=0.015, seed=11)
 
 
 def check(url: str, label: str) -> None:
