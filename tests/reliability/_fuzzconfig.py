@@ -14,29 +14,15 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from engine.config import ENV_VARS
 from reliability._fuzzcase import MARKER, VALID_PLAN, Case, Draw
 
 INT_KEYS = {"max_parallel": (1, 32), "async.max_workers": (1, 256)}
 SECONDS_KEYS = ["kill_grace", "async.poll_interval", "async.job_timeout", "async.job_ttl"]
 SECONDS_KEYS += ["async.heartbeat_interval", "async.stuck_after", "locks.plan_ttl"]
 SECONDS_KEYS += ["locks.project_ttl"]
-VARIABLES = {
-    "database.url": "ENGINE_DATABASE_URL",
-    "max_parallel": "ENGINE_MAX_PARALLEL",
-    "failure_mode": "ENGINE_FAILURE_MODE",
-    "data_dir": "ENGINE_DATA_DIR",
-    "retry_backoff": "ENGINE_RETRY_BACKOFF",
-    "kill_grace": "ENGINE_KILL_GRACE",
-    "async.enabled": "ENGINE_ASYNC_ENABLED",
-    "async.max_workers": "ENGINE_ASYNC_MAX_WORKERS",
-    "async.poll_interval": "ENGINE_ASYNC_POLL_INTERVAL",
-    "async.job_timeout": "ENGINE_ASYNC_JOB_TIMEOUT",
-    "async.job_ttl": "ENGINE_ASYNC_JOB_TTL",
-    "async.heartbeat_interval": "ENGINE_ASYNC_HEARTBEAT_INTERVAL",
-    "async.stuck_after": "ENGINE_ASYNC_STUCK_AFTER",
-    "locks.plan_ttl": "ENGINE_LOCKS_PLAN_TTL",
-    "locks.project_ttl": "ENGINE_LOCKS_PROJECT_TTL",
-}
+# Every setting's variable but the signing key's (its rules: tests/test_signing.py).
+VARIABLES = {k: v for k, v in ENV_VARS.items() if k != "async.signing_key"}
 MODES = ["fail_fast", "continue_on_error"]
 LOOKALIKE_MODE = "f\u0430il_fast"  # with a Cyrillic a
 INF, NAN = math.inf, math.nan

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import anyio
 
@@ -65,7 +65,7 @@ class GroupCommit(Generic[Request, Answer]):
                 await self._lead()
         if item.error is not None:
             raise item.error
-        return item.answer  # type: ignore[return-value]  # set with finished, error unset
+        return cast(Answer, item.answer)  # set when `finished` and no error
 
     async def _lead(self) -> None:
         batch = self._take()
