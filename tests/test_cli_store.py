@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from clitools import wait_for
+from clitools import start_engine, wait_for
 from engine.store.sql import head_revision
 
 TESTS = Path(__file__).parent
@@ -307,14 +307,7 @@ def test_a_killed_run_keeps_what_was_flushed_and_can_be_resumed(tmp_path: Path) 
     )
     # The killed run keeps its plan lock until the lock's TTL runs out: keep that short.
     env = env_for(tmp_path, ENGINE_LOCKS_PLAN_TTL="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "run", "crash.yaml", "--quiet"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_engine("run", "crash.yaml", "--quiet", cwd=tmp_path, env=env)
     try:
         wait_for(lambda: (tmp_path / "started").exists(), what="b to start")
 
@@ -372,14 +365,7 @@ def test_a_run_whose_process_was_killed_is_failed_once_its_plan_lock_expires(
         'name: slow\nsubplans:\n  - {name: wait, run: "echo $$ > step.pid; exec sleep 60"}\n'
     )
     env = env_for(tmp_path, ENGINE_LOCKS_PLAN_TTL="1")
-    holder = subprocess.Popen(
-        [sys.executable, "-m", "engine", "run", "slow.yaml", "--quiet"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    holder = start_engine("run", "slow.yaml", "--quiet", cwd=tmp_path, env=env)
     step = tmp_path / "step.pid"
     try:
         wait_for(lambda: step.exists() and step.read_text().strip() != "", what="the step")

@@ -324,10 +324,8 @@ class ParallelSubplanDispatcher:
         if child.run is not None:
             log_path = self.log_path(path)
             status.log_path = str(log_path)
-            base = self.settings.base_env
             step_env = {
-                **(os.environ if base is None else base),
-                **env,
+                **self._environment(env),
                 "ENGINE_RUN_ID": self.tracker.run_id,
                 "ENGINE_SUBPLAN_PATH": path,
             }
@@ -353,9 +351,14 @@ class ParallelSubplanDispatcher:
             log_path = self.log_path(path)
             write_traceback(log_path, exc)
             status.log_path = str(log_path)
-            base = self.settings.base_env
-            secrets = Redactor({**(os.environ if base is None else base), **env})
+            secrets = Redactor(self._environment(env))
             raise StepFailed(secrets(exc.message)) from exc.__cause__
+
+    def _environment(self, env: dict[str, str]) -> dict[str, str]:
+        """A step's whole environment: the base (this process's by default) and what the plan
+        and its groups add (`env`)."""
+        base = self.settings.base_env
+        return {**(os.environ if base is None else base), **env}
 
     def log_path(self, path: str) -> Path:
         return self.settings.log_dir / log_file_name(path)

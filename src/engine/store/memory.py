@@ -14,13 +14,16 @@ from typing import overload
 
 from engine.domain.events import Event
 from engine.domain.lock import LockKind
-from engine.domain.states import RunState, SubplanState
+from engine.domain.states import (
+    TERMINAL_RUN_STATES,
+    TERMINAL_SUBPLAN_STATES,
+    RunState,
+    SubplanState,
+)
 from engine.errors import StoreError
 from engine.ports.store import LOST_RUN_ERROR, Changes, RunRecord, SubplanRecord
 from engine.store.memory_jobs import MemoryJobs
 from engine.store.memory_locks import MemoryLocks
-
-_UNFINISHED = (RunState.PENDING, RunState.RUNNING)
 
 
 @dataclass(slots=True)
@@ -54,7 +57,11 @@ class MemoryStore(MemoryLocks, MemoryJobs):
         lost: list[str] = []
         for run_id, stored in self._runs.items():
             run = stored.record
-            if run.state not in _UNFINISHED or run.created_at >= created_before or run_id in live:
+            if (
+                run.state in TERMINAL_RUN_STATES
+                or run.created_at >= created_before
+                or run_id in live
+            ):
                 continue
             stored.record = replace(
                 run,
@@ -64,7 +71,7 @@ class MemoryStore(MemoryLocks, MemoryJobs):
                 error=LOST_RUN_ERROR,
             )
             for path, sub in stored.subplans.items():
-                if sub.state in (SubplanState.PENDING, SubplanState.RUNNING):
+                if sub.state not in TERMINAL_SUBPLAN_STATES:
                     stored.subplans[path] = replace(
                         sub, state=SubplanState.CANCELLED, finished_at=now, error=LOST_RUN_ERROR
                     )

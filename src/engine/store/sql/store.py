@@ -20,7 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine.domain.events import Event
 from engine.domain.lock import LockKind
-from engine.domain.states import RunState, SubplanState
+from engine.domain.states import (
+    TERMINAL_RUN_STATES,
+    TERMINAL_SUBPLAN_STATES,
+    RunState,
+    SubplanState,
+)
 from engine.errors import StoreError
 from engine.ports.store import LOST_RUN_ERROR, Changes, RunRecord, SubplanRecord
 from engine.store.sql import mapping
@@ -134,7 +139,7 @@ class SqlStore(SqlLocks, SqlJobs):
             await conn.exec_driver_sql(hot.insert_events, mapping.event_rows(changes.events, time))
 
     async def abandon_lost_runs(self, now: datetime, created_before: datetime) -> list[str]:
-        unfinished = [RunState.PENDING.value, RunState.RUNNING.value]
+        finished = [state.value for state in TERMINAL_RUN_STATES]
         alive = sa.exists().where(
             locks.c.run_id == runs.c.id,
             locks.c.resource_type == LockKind.PLAN.value,
@@ -142,7 +147,7 @@ class SqlStore(SqlLocks, SqlJobs):
         )
         fail = (
             sa.update(runs)
-            .where(runs.c.state.in_(unfinished), runs.c.created_at < created_before, ~alive)
+            .where(runs.c.state.not_in(finished), runs.c.created_at < created_before, ~alive)
             .values(
                 state=RunState.FAILED.value, finished_at=now, duration=None, error=LOST_RUN_ERROR
             )
@@ -157,8 +162,8 @@ class SqlStore(SqlLocks, SqlJobs):
                             sa.update(subplan_runs)
                             .where(
                                 subplan_runs.c.run_id.in_(lost),
-                                subplan_runs.c.state.in_(
-                                    [SubplanState.PENDING.value, SubplanState.RUNNING.value]
+                                subplan_runs.c.state.not_in(
+                                    [state.value for state in TERMINAL_SUBPLAN_STATES]
                                 ),
                             )
                             .values(
