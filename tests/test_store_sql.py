@@ -4,12 +4,15 @@ versions checked on open, driver errors translated, URLs validated."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import anyio
 import pytest
+from sqlalchemy.engine import Connection
 
 from engine.domain.states import FailureMode, RunState
 from engine.errors import (
@@ -169,6 +172,44 @@ async def test_concurrent_writers_in_one_process_never_see_a_locked_database(
             for run in runs:
                 tg.start_soon(write, run)
         assert len(await store.list_runs()) == 40
+    finally:
+        await store.close()
+
+
+async def test_a_started_sqlite_write_finishes_even_when_its_caller_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(sqlite_url(tmp_path / "engine.db"))
+    assert isinstance(store, SqlStore)
+    started, go = anyio.Event(), threading.Event()
+    run = a_run()
+
+    def work(conn: Connection) -> None:
+        anyio.from_thread.run_sync(started.set)
+        assert go.wait(10)
+        store._apply(conn, Changes(created=[NewRun(run, "{}", [])]))
+
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(store._tx.run, work))
+                await started.wait()
+                tg.cancel_scope.cancel()
+                go.set()
+        assert await store.get_run(run.id) is not None
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])
+async def test_an_in_memory_sqlite_database_is_written_through_its_one_connection(
+    url: str,
+) -> None:
+    store = await open_store(url)
+    try:
+        run = a_run()
+        await store.write(Changes(created=[NewRun(run, "{}", [])]))
+        assert [r.id for r in await store.list_runs()] == [run.id]
     finally:
         await store.close()
 

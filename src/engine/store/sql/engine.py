@@ -13,11 +13,12 @@ This module owns ONLY engine creation; it runs no query.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
@@ -29,6 +30,8 @@ SQLITE_BUSY_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 
 _BEGIN = "engine_begin"
+
+E = TypeVar("E", AsyncEngine, Engine)
 
 
 def create_engine(url: URL) -> AsyncEngine:
@@ -46,12 +49,12 @@ def create_engine(url: URL) -> AsyncEngine:
         raise StoreURLError(f"malformed database URL: {exc}") from None
 
 
-def writer(engine: AsyncEngine) -> AsyncEngine:
+def writer(engine: E) -> E:
     """The same engine, whose transactions take the write lock up front (SQLite)."""
     return engine.execution_options(**{_BEGIN: "IMMEDIATE"})
 
 
-def autocommit(engine: AsyncEngine) -> AsyncEngine:
+def autocommit(engine: E) -> E:
     """The same engine without any transaction (SQLite pragmas that refuse to run in one)."""
     return engine.execution_options(**{_BEGIN: None})
 
@@ -76,9 +79,27 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
         # One connection, or every checkout would see a new empty database.
         options["poolclass"] = StaticPool
     engine = create_async_engine(url, **options)
+    _configure_sqlite(engine.sync_engine)
+    return engine
+
+
+def sync_sqlite_engine(url: URL) -> Engine:
+    """A synchronous engine (the standard library's sqlite3) on the same SQLite file, set up
+    like the async one, with ONE connection that any thread may use in turn (callers
+    serialize; see `Transactions`)."""
+    engine = sa_create_engine(
+        url.set(drivername="sqlite"),
+        poolclass=StaticPool,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
+    )
+    _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
     busy_ms = int(SQLITE_BUSY_TIMEOUT * 1000)
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver: we emit BEGIN ourselves (see `_on_begin`).
         dbapi_connection.isolation_level = None
@@ -90,10 +111,8 @@ def _sqlite_engine(url: URL) -> AsyncEngine:
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get(_BEGIN, "DEFERRED")
         if mode is not None:
             connection.exec_driver_sql(f"BEGIN {mode}")
-
-    return engine

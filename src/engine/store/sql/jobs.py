@@ -25,7 +25,8 @@ connection of their own (`job_notifications`): they wake as the transaction comm
 at their next poll. Polling stays as the fallback (a lost listener connection, SQLite).
 
 Single statements run in autocommit; batches (completions, heartbeat + worker row, rescues) in
-one short transaction; completions are one executemany per batch. On SQLite every write takes
+one short transaction (each one call of `Transactions.run`); completions are one executemany
+per batch. On SQLite every write takes
 the process's write lock, shared with the recorder and the locks. Driver errors become
 `StoreError`s here (`translated`).
 """
@@ -36,19 +37,19 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord, lost_worker_message
 from engine.domain.states import TERMINAL_JOB_STATUSES, AsyncJobStatus
-from engine.store.sql.engine import autocommit, writer
 from engine.store.sql.errors import translated
 from engine.store.sql.tables import jobs, workers
+from engine.store.sql.transact import Transactions, single
 
 logger = logging.getLogger("engine.worker")
 
@@ -61,6 +62,7 @@ _UNLISTEN_TIMEOUT = 5.0
 _QUEUED, _RUNNING = AsyncJobStatus.QUEUED.value, AsyncJobStatus.RUNNING.value
 _TERMINAL = [s.value for s in TERMINAL_JOB_STATUSES]
 _B = sa.bindparam
+T = TypeVar("T")
 
 #: A worker's write for a job it claimed, fenced by its token (see the module docstring).
 _FINISH = (
@@ -115,16 +117,11 @@ class SqlJobs:
 
     _write_lock: anyio.Lock
     _location: str
+    _tx: Transactions
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._jobs_engine = engine
         self._jobs_sqlite = engine.dialect.name == "sqlite"
-        self._jobs_single = (
-            autocommit(engine)
-            if self._jobs_sqlite
-            else engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
-        self._jobs_writer = writer(engine)
         insert = sqlite.insert if self._jobs_sqlite else postgresql.insert
         new = insert(workers)
         self._upsert_worker = new.on_conflict_do_update(
@@ -139,12 +136,15 @@ class SqlJobs:
     async def _jobs_one(self, doing: str, statement: sa.Executable, params: Any = None) -> Any:
         """One statement in autocommit: its rows (fetched before the cursor closes) or its
         rowcount."""
-        lock = self._jobs_writing()
-        async with lock:
+        return await self._jobs_transaction(doing, single(statement, params), transaction=False)
+
+    async def _jobs_transaction(
+        self, doing: str, work: Callable[[Connection], T], *, transaction: bool = True
+    ) -> T:
+        """`work` in one short transaction (`transaction=False`: in autocommit)."""
+        async with self._jobs_writing():
             with translated(self._location, doing):
-                async with self._jobs_single.begin() as conn:
-                    result = await conn.execute(statement, params)
-                    return result.mappings().all() if result.returns_rows else result.rowcount
+                return await self._tx.run(work, transaction=transaction)
 
     async def _jobs_read(self, doing: str, query: sa.Executable) -> list[RowMapping]:
         with translated(self._location, doing):
@@ -157,11 +157,12 @@ class SqlJobs:
         if not new:
             return
         rows = [job.model_dump() for job in new]
-        async with self._jobs_writing():
-            with translated(self._location, "enqueueing jobs"):
-                async with self._jobs_writer.begin() as conn:
-                    await conn.execute(sa.insert(jobs), rows)
-                    await self._notify(conn)
+
+        def enqueue(conn: Connection) -> None:
+            conn.execute(sa.insert(jobs), rows)
+            self._notify(conn)
+
+        await self._jobs_transaction("enqueueing jobs", enqueue)
 
     async def claim_jobs(self, worker_id: str, now: datetime, limit: int) -> list[AsyncJob]:
         oldest = (
@@ -199,24 +200,26 @@ class SqlJobs:
             .returning(jobs.c.id, jobs.c.attempts, jobs.c.cancel_requested)
         )
         row = {f: getattr(worker, f) for f in WorkerRecord.__dataclass_fields__}
-        async with self._jobs_writing():
-            with translated(self._location, "writing a heartbeat"):
-                async with self._jobs_writer.begin() as conn:
-                    rows = (await conn.execute(beat)).all()
-                    await conn.execute(self._upsert_worker, row)
-        return sorted((JobBeat(i, a, bool(c)) for i, a, c in rows), key=lambda b: b.job_id)
+
+        def write(conn: Connection) -> list[JobBeat]:
+            beats = [JobBeat(i, a, bool(c)) for i, a, c in conn.execute(beat).all()]
+            conn.execute(self._upsert_worker, row)
+            return beats
+
+        beats = await self._jobs_transaction("writing a heartbeat", write)
+        return sorted(beats, key=lambda b: b.job_id)
 
     async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[str]:
-        applied: list[str] = []
-        async with self._jobs_writing():
-            with translated(self._location, "recording job outcomes"):
-                async with self._jobs_writer.begin() as conn:
-                    for start in range(0, len(outcomes), _CHUNK):
-                        chunk = outcomes[start : start + _CHUNK]
-                        applied.extend(await self._finish(conn, chunk))
-        return applied
 
-    async def _finish(self, conn: AsyncConnection, outcomes: Sequence[JobOutcome]) -> list[str]:
+        def finish(conn: Connection) -> list[str]:
+            applied: list[str] = []
+            for start in range(0, len(outcomes), _CHUNK):
+                applied.extend(self._finish(conn, outcomes[start : start + _CHUNK]))
+            return applied
+
+        return await self._jobs_transaction("recording job outcomes", finish)
+
+    def _finish(self, conn: Connection, outcomes: Sequence[JobOutcome]) -> list[str]:
         """Two statements per batch: read the claims (locking them on PostgreSQL; SQLite's
         write lock is held already), then one executemany of the fenced update for those still
         held with the outcome's token."""
@@ -225,12 +228,12 @@ class SqlJobs:
         )
         if not self._jobs_sqlite:
             held = held.with_for_update()
-        claims = {i: (w, a) for i, w, a in (await conn.execute(held)).all()}
+        claims = {i: (w, a) for i, w, a in conn.execute(held).all()}
         mine = [o for o in outcomes if claims.get(o.job_id) == (o.worker_id, o.token)]
         if mine:
-            await conn.execute(_FINISH, [_finish_params(o) for o in mine])
+            conn.execute(_FINISH, [_finish_params(o) for o in mine])
             if any(o.status is AsyncJobStatus.QUEUED for o in mine):
-                await self._notify(conn)  # handed back: another worker may take them now
+                self._notify(conn)  # handed back: another worker may take them now
         return [o.job_id for o in mine]
 
     async def request_cancel(self, job_id: str, now: datetime) -> AsyncJob | None:
@@ -261,21 +264,22 @@ class SqlJobs:
         stuck = await self.list_stuck_jobs(stuck_before)
         if not stuck:
             return []
-        rescued: list[AsyncJob] = []
-        async with self._jobs_writing():
-            with translated(self._location, "rescuing stuck jobs"):
-                async with self._jobs_writer.begin() as conn:
-                    for job in stuck:
-                        row = await self._rescue(conn, job, now, stuck_before)
-                        if row is not None:
-                            rescued.append(_job(row))
-                    if any(job.status is AsyncJobStatus.QUEUED for job in rescued):
-                        await self._notify(conn)
-        return rescued
+
+        def rescue(conn: Connection) -> list[AsyncJob]:
+            rescued: list[AsyncJob] = []
+            for job in stuck:
+                row = self._rescue(conn, job, now, stuck_before)
+                if row is not None:
+                    rescued.append(_job(row))
+            if any(job.status is AsyncJobStatus.QUEUED for job in rescued):
+                self._notify(conn)
+            return rescued
+
+        return await self._jobs_transaction("rescuing stuck jobs", rescue)
 
     @staticmethod
-    async def _rescue(
-        conn: AsyncConnection, job: AsyncJob, now: datetime, stuck_before: datetime
+    def _rescue(
+        conn: Connection, job: AsyncJob, now: datetime, stuck_before: datetime
     ) -> RowMapping | None:
         assert job.last_heartbeat is not None
         values: dict[str, Any] = {
@@ -298,7 +302,7 @@ class SqlJobs:
             .values(values)
             .returning(*jobs.c)
         )
-        return (await conn.execute(statement)).mappings().first()
+        return conn.execute(statement).mappings().first()
 
     async def delete_finished_jobs(self, before: datetime) -> int:
         statement = sa.delete(jobs).where(jobs.c.status.in_(_TERMINAL), jobs.c.finished_at < before)
@@ -312,10 +316,10 @@ class SqlJobs:
 
     # -- notifications (PostgreSQL) --------------------------------------------------------
 
-    async def _notify(self, conn: AsyncConnection) -> None:
+    def _notify(self, conn: Connection) -> None:
         """Tell listening workers that jobs are queued (delivered when `conn` commits)."""
         if not self._jobs_sqlite:
-            await conn.execute(_NOTIFY)
+            conn.execute(_NOTIFY)
 
     @asynccontextmanager
     async def job_notifications(self, wake: Callable[[], None]) -> AsyncIterator[bool]:

@@ -14,8 +14,8 @@ committed version of it (not the statement's snapshot), and a concurrent insert 
 makes the second statement wait and then take the conflict path: two acquirers can never both
 win. Renew and release are single conditional UPDATE/DELETE statements, which PostgreSQL
 re-checks the same way after waiting for a concurrent writer of the row. SQLite has one writer at
-a time. Statements run in autocommit (one round trip each; PERFORMANCE.md), and on SQLite they
-share the process's write lock with the recorder's batches.
+a time. Statements run in autocommit (one round trip each; PERFORMANCE.md) through the store's
+`Transactions`, and on SQLite they share the process's write lock with the recorder's batches.
 
 Acquires and releases that arrive while another is in flight are made together (`GroupCommit`):
 one multi-row upsert for the acquires, one DELETE and one UPDATE for the releases, each row
@@ -24,21 +24,22 @@ answered on its own. A batch never holds the same lock twice, so its rows cannot
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.domain.lock import LockKind, LockRecord, Resource
 from engine.store.sql.batch import GroupCommit
-from engine.store.sql.engine import autocommit
 from engine.store.sql.errors import translated
 from engine.store.sql.tables import locks
+from engine.store.sql.transact import Transactions, single
 
 _KEY = (locks.c.resource_type, locks.c.resource_id)
 _MINE = sa.tuple_(locks.c.resource_type, locks.c.resource_id, locks.c.owner_id).in_(
@@ -54,6 +55,7 @@ _RELEASE_ONE_LEVEL = (
 )
 
 Key = tuple[str, str]
+T = TypeVar("T")
 
 
 def acquire_statement(dialect: str) -> sa.Insert:
@@ -115,17 +117,12 @@ class SqlLocks:
     """Needs `_write_lock` from the store it is a base of (SQLite's in-process writer lock)."""
 
     _write_lock: anyio.Lock
+    _tx: Transactions
 
     def __init__(self, engine: AsyncEngine, location: str) -> None:
         self._engine = engine
         self._location = location
-        sqlite_backend = engine.dialect.name == "sqlite"
-        self._single = (
-            autocommit(engine)
-            if sqlite_backend
-            else engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
-        self._serialize_locks = sqlite_backend
+        self._serialize_locks = engine.dialect.name == "sqlite"
         self._acquire = acquire_statement(engine.dialect.name)
         self._acquires: GroupCommit[LockRecord, LockRecord | None] = GroupCommit(
             self._acquire_batch, _key_of_claim
@@ -139,11 +136,12 @@ class SqlLocks:
 
     async def _write(self, doing: str, statement: sa.Executable, params: Any = None) -> Any:
         """One statement in autocommit; its rows, fetched before the cursor closes."""
+        return await self._autocommit(doing, single(statement, params))
+
+    async def _autocommit(self, doing: str, work: Callable[[Connection], T]) -> T:
         async with self._writing():
             with translated(self._location, doing):
-                async with self._single.begin() as conn:
-                    result = await conn.execute(statement, params)
-                    return result.mappings().all() if result.returns_rows else result.rowcount
+                return await self._tx.run(work, transaction=False)
 
     async def acquire_lock(self, claim: LockRecord) -> LockRecord | None:
         return await self._acquires.submit(claim)
@@ -193,21 +191,28 @@ class SqlLocks:
     async def _release_batch(self, requests: list[tuple[Resource, str]]) -> list[int | None]:
         """Delete the locks held once; count down the re-entered ones; the depth left of each
         (0: released), None for a lock the owner does not hold."""
-        left: dict[Key, int] = {}
-        todo = {(*_key(resource), owner) for resource, owner in requests}
         doing = "releasing locks" if len(requests) > 1 else f"releasing lock {requests[0][0]}"
-        # Two tries: the same owner may re-enter or release between the two statements.
-        for _ in range(2):
-            if not todo:
-                break
-            for row in await self._write(doing, _RELEASE_LAST, {"mine": list(todo)}):
-                left[(row["resource_type"], row["resource_id"])] = 0
-            todo = {t for t in todo if t[:2] not in left}
-            if not todo:
-                break
-            for row in await self._write(doing, _RELEASE_ONE_LEVEL, {"mine": list(todo)}):
-                left[(row["resource_type"], row["resource_id"])] = row["depth"]
-            todo = {t for t in todo if t[:2] not in left}
+        wanted = {(*_key(resource), owner) for resource, owner in requests}
+
+        def release(conn: Connection) -> dict[Key, int]:
+            left: dict[Key, int] = {}
+            todo = wanted
+            # Two tries: another process of the same owner may re-enter or release between
+            # the two statements (each commits on its own).
+            for _ in range(2):
+                for row in conn.execute(_RELEASE_LAST, {"mine": list(todo)}).mappings():
+                    left[(row["resource_type"], row["resource_id"])] = 0
+                todo = {t for t in todo if t[:2] not in left}
+                if not todo:
+                    break
+                for row in conn.execute(_RELEASE_ONE_LEVEL, {"mine": list(todo)}).mappings():
+                    left[(row["resource_type"], row["resource_id"])] = row["depth"]
+                todo = {t for t in todo if t[:2] not in left}
+                if not todo:
+                    break
+            return left
+
+        left = await self._autocommit(doing, release)
         return [left.get(_key(resource)) for resource, _owner in requests]
 
     async def release_locks_of(self, owner_id: str) -> list[Resource]:

@@ -1,8 +1,9 @@
 """`SqlStore`: the store port on SQLAlchemy 2.x async Core (SQLite and PostgreSQL).
 
 One writer path per process: batches are written one at a time (an `anyio.Lock`), each in one
-short transaction (`BEGIN IMMEDIATE` on SQLite). Reads are Core selects on the pool and never
-take the write lock. The per-subplan and per-event writes (thousands per run) are driver-level
+short transaction (`BEGIN IMMEDIATE` on SQLite) made by ONE call of a plain function of a
+connection (`Transactions`: on an SQLite file, one thread hop per transaction). Reads are Core
+selects on the async pool and never take the write lock. The per-subplan and per-event writes (thousands per run) are driver-level
 executemany with tuples converted here: SQLAlchemy's per-row parameter processing would cost
 more than the database itself (benchmarks/store_overhead.py). Every driver error is translated
 into a `StoreError` here; nothing above this module imports SQLAlchemy.
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 import anyio
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.domain.events import Event
 from engine.domain.lock import LockKind
@@ -29,11 +31,11 @@ from engine.domain.states import (
 from engine.errors import StoreError
 from engine.ports.store import LOST_RUN_ERROR, Changes, RunRecord, SubplanRecord
 from engine.store.sql import mapping
-from engine.store.sql.engine import writer
 from engine.store.sql.errors import translated
 from engine.store.sql.jobs import SqlJobs
 from engine.store.sql.locks import SqlLocks
 from engine.store.sql.tables import events, locks, runs, subplan_runs
+from engine.store.sql.transact import Transactions
 
 _RUN_UPDATE = (
     sa.update(runs)
@@ -86,10 +88,10 @@ def _placeholders(paramstyle: str) -> Callable[[int], list[str]]:
 
 class SqlStore(SqlLocks, SqlJobs):
     def __init__(self, engine: AsyncEngine, location: str) -> None:
+        self._tx = Transactions(engine)
         super().__init__(engine, location)
         SqlJobs.__init__(self, engine)
         self._engine = engine
-        self._writer = writer(engine)
         self._location = location
         self._write_lock = anyio.Lock()
         self._hot = _HotStatements(engine.dialect)
@@ -107,36 +109,35 @@ class SqlStore(SqlLocks, SqlJobs):
             return
         async with self._write_lock:
             with translated(self._location, "recording"):
-                async with self._writer.begin() as conn:
-                    await self._apply(conn, changes)
+                await self._tx.run(partial(self._apply, changes=changes))
 
-    async def _apply(self, conn: AsyncConnection, changes: Changes) -> None:
+    def _apply(self, conn: Connection, changes: Changes) -> None:
         hot, time = self._hot, self._hot.time
         if changes.created:
-            await conn.execute(
+            conn.execute(
                 sa.insert(runs), [mapping.run_row(n.run, n.plan_json) for n in changes.created]
             )
         rows = [mapping.subplan_row(s, time) for n in changes.created for s in n.subplans]
         rows.extend(mapping.subplan_row(s, time) for s in changes.added)
         if rows:
-            await conn.exec_driver_sql(hot.insert_subplans, rows)
+            conn.exec_driver_sql(hot.insert_subplans, rows)
         if changes.runs:
             updates = [mapping.run_update(run) for run in changes.runs]
             if len(updates) == 1 or conn.dialect.supports_sane_multi_rowcount:
-                updated = (await conn.execute(_RUN_UPDATE, updates)).rowcount
+                updated = conn.execute(_RUN_UPDATE, updates).rowcount
             else:  # asyncpg counts no rows of an executemany: count the runs instead
-                await conn.execute(_RUN_UPDATE, updates)
+                conn.execute(_RUN_UPDATE, updates)
                 ids = [run.id for run in changes.runs]
-                updated = (await conn.execute(_COUNT_RUNS, {"ids": ids})).scalar_one()
+                updated = conn.execute(_COUNT_RUNS, {"ids": ids}).scalar_one()
             if updated != len(updates):
                 raise StoreError(f"{self._location}: an update names an unknown run")
         if changes.subplans:
             params = [mapping.subplan_update(s, time) for s in changes.subplans]
-            result = await conn.exec_driver_sql(hot.update_subplans, params)
+            result = conn.exec_driver_sql(hot.update_subplans, params)
             if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(params):
                 raise StoreError(f"{self._location}: an update names an unknown subplan")
         if changes.events:
-            await conn.exec_driver_sql(hot.insert_events, mapping.event_rows(changes.events, time))
+            conn.exec_driver_sql(hot.insert_events, mapping.event_rows(changes.events, time))
 
     async def abandon_lost_runs(self, now: datetime, created_before: datetime) -> list[str]:
         finished = [state.value for state in TERMINAL_RUN_STATES]
@@ -153,25 +154,27 @@ class SqlStore(SqlLocks, SqlJobs):
             )
             .returning(runs.c.id)
         )
+
+        def abandon(conn: Connection) -> list[str]:
+            lost = list(conn.execute(fail).scalars().all())
+            if lost:
+                conn.execute(
+                    sa.update(subplan_runs)
+                    .where(
+                        subplan_runs.c.run_id.in_(lost),
+                        subplan_runs.c.state.not_in(
+                            [state.value for state in TERMINAL_SUBPLAN_STATES]
+                        ),
+                    )
+                    .values(
+                        state=SubplanState.CANCELLED.value, finished_at=now, error=LOST_RUN_ERROR
+                    )
+                )
+            return lost
+
         async with self._write_lock:
             with translated(self._location, "failing lost runs"):
-                async with self._writer.begin() as conn:
-                    lost = list((await conn.execute(fail)).scalars().all())
-                    if lost:
-                        await conn.execute(
-                            sa.update(subplan_runs)
-                            .where(
-                                subplan_runs.c.run_id.in_(lost),
-                                subplan_runs.c.state.not_in(
-                                    [state.value for state in TERMINAL_SUBPLAN_STATES]
-                                ),
-                            )
-                            .values(
-                                state=SubplanState.CANCELLED.value,
-                                finished_at=now,
-                                error=LOST_RUN_ERROR,
-                            )
-                        )
+                lost = await self._tx.run(abandon)
         return sorted(lost)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -221,4 +224,5 @@ class SqlStore(SqlLocks, SqlJobs):
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True), translated(self._location, "closing"):
+            await self._tx.close()
             await self._engine.dispose()
