@@ -247,3 +247,30 @@ async def test_hold_all_takes_locks_in_order_and_shares_one_wait(locks: LockServ
         assert guard.lost is None
         assert len(await locks.list()) == 3
     assert await locks.list() == []
+
+
+async def test_the_services_renewer_renews_every_hold_and_stops_them_when_it_stops(
+    locks: LockService, clock: ManualClock
+) -> None:
+    async with anyio.create_task_group() as tg:
+        await tg.start(locks.renewer.run)
+        with pytest.raises(LockExpiredError, match="its renewer stopped"):  # noqa: PT012
+            async with locks.hold("plan:a", A, 3) as a, locks.hold("resource:b", B, 6) as b:
+                for _ in range(6):  # two TTLs of a, one of b
+                    await clock.wait_for_sleepers(1)
+                    assert clock.sleepers == 1  # the renewer, for both locks: no task per hold
+                    clock.advance(1)
+                    await anyio.wait_all_tasks_blocked()
+                assert a.record.expires_at > clock.now()
+                assert b.record.expires_at > clock.now()
+                locks.renewer.stop()  # nothing renews them now: their blocks are stopped
+                await anyio.sleep_forever()
+    assert not locks.renewer.running
+    assert locks.statistics().renewed >= 7
+    assert locks.statistics().lost == 2
+    assert await locks.list() == []
+    async with locks.hold("plan:a", A, 3):  # without a renewer, a hold renews its own lock
+        await clock.wait_for_sleepers(1)
+        clock.advance(1)
+        await anyio.wait_all_tasks_blocked()
+    assert locks.statistics().renewed >= 8

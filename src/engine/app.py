@@ -13,7 +13,7 @@ Background jobs (`engine.jobs`, `engine.worker`): `submit` queues a plan in the 
 
 Locks (`engine.locks`): a run holds `plan:<name>` (and `project:<project>`) from before it is
 recorded until its terminal state is; subplans that declare `locks` hold theirs around their
-execution. Opening the engine purges expired locks.
+execution. Opening the engine purges expired locks; its task group runs the lock renewer.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from engine.planfile import load_plan
 from engine.ports.clock import Clock, SystemClock
 from engine.ports.store import RunRecord, Store
 from engine.prepared import PreparedRun
-from engine.recorder import Recorder
+from engine.recorder import RUN_EVENTS, Recorder
 from engine.resume import ResumePoint, mark_kept, resume_point
 from engine.store import MemoryStore, open_store
 from engine.worker import WorkerPool, WorkerSettings
@@ -122,6 +122,9 @@ class Engine:
         #: Closed first on exit, so cancelled delegated runs are still recorded.
         self._delegation_stack: AsyncExitStack | None = None
         self._logs: Path | None = None
+        #: The global level of each run's precedence chain, by (max_parallel, failure_mode):
+        #: frozen, so runs with the same values share one.
+        self._defaults: dict[tuple[int, FailureMode], ParallelExecutionConfig] = {}
 
     @property
     def store(self) -> Store:
@@ -195,9 +198,10 @@ class Engine:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             recorder = Recorder(self._store)
             await self._tg.start(recorder.run)
-            stack.enter_context(self.bus.listening(recorder))
+            stack.enter_context(self.bus.listening(recorder, kinds=RUN_EVENTS))
             self._recorder = recorder
             self._locks = LockService(self._store, self.clock, bus=self.bus)
+            await self._tg.start(self._locks.renewer.run)
             self._jobs = JobService(self._store, self.clock, self.settings.async_, bus=self.bus)
             if self.purge_expired_locks:
                 await self.abandon_lost_runs()
@@ -223,7 +227,7 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack, recorder = self._stack, self._recorder
+        stack, recorder, locks = self._stack, self._recorder, self._locks
         delegation_stack = self._delegation_stack
         self._stack = self._recorder = self._tg = self._locks = None
         self._jobs = None
@@ -239,6 +243,8 @@ class Engine:
             if recorder is not None:
                 await recorder.close()  # the last flush; stops the flusher
         finally:
+            if locks is not None:
+                locks.renewer.stop()
             # Neither the body's exception nor close()'s is handed to the task group (empty by
             # now): it would wrap them in an ExceptionGroup. They propagate unchanged.
             await stack.__aexit__(None, None, None)
@@ -392,12 +398,13 @@ class Engine:
         lock_wait: float = 0.0,
     ) -> PreparedRun:
         # A plan's own value beats these: they are the global level of the precedence chain.
-        defaults = ParallelExecutionConfig(
-            max_parallel=max_parallel if max_parallel is not None else self.settings.max_parallel,
-            failure_mode=FailureMode(failure_mode)
-            if failure_mode is not None
-            else self.settings.failure_mode,
-        )
+        cap = max_parallel if max_parallel is not None else self.settings.max_parallel
+        mode = FailureMode(failure_mode) if failure_mode is not None else self.settings.failure_mode
+        # Only an int is looked up: True or 2.0 would find 1's or 2's, and must be refused.
+        defaults = self._defaults.get((cap, mode)) if type(cap) is int else None
+        if defaults is None:
+            defaults = ParallelExecutionConfig(max_parallel=cap, failure_mode=mode)
+            self._defaults[(cap, mode)] = defaults
         run_id = new_id()
         tracker = SubplanTracker(
             run_id, plan.name, ((path, sub.kind) for path, sub in plan.walk()), clock=self.clock

@@ -1,6 +1,8 @@
 """`EventBus`: fan-out of events to callbacks and `async for` subscribers.
 
-Inactive (no callback, no subscriber) means the tracker builds no event objects at all.
+Inactive (no callback, no subscriber) means the tracker builds no event objects at all. A
+callback may listen to some event types only (`kinds`); emitters ask `wants(kind)` before they
+build an event, so a type that nobody wants costs nothing.
 """
 
 from __future__ import annotations
@@ -14,19 +16,29 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from engine.domain.events import Event
 
+Kinds = tuple[type[Event], ...]
+
 
 class EventBus:
     def __init__(self) -> None:
-        self._callbacks: list[Callable[[Event], None]] = []
+        #: Each callback with the event types it wants (None: every type).
+        self._callbacks: list[tuple[Callable[[Event], None], Kinds | None]] = []
         self._streams: list[MemoryObjectSendStream[Event]] = []
 
     @property
     def active(self) -> bool:
         return bool(self._callbacks or self._streams)
 
+    def wants(self, kind: type[Event]) -> bool:
+        """Whether anybody would receive an event of type `kind` (build it only then)."""
+        if self._streams:
+            return True
+        return any(kinds is None or issubclass(kind, kinds) for _, kinds in self._callbacks)
+
     def publish(self, event: Event) -> None:
-        for callback in self._callbacks:
-            callback(event)
+        for callback, kinds in self._callbacks:
+            if kinds is None or isinstance(event, kinds):
+                callback(event)
         for stream in list(self._streams):
             try:
                 stream.send_nowait(event)
@@ -34,12 +46,17 @@ class EventBus:
                 self._streams.remove(stream)
 
     @contextmanager
-    def listening(self, callback: Callable[[Event], None]) -> Iterator[None]:
-        self._callbacks.append(callback)
+    def listening(
+        self, callback: Callable[[Event], None], *, kinds: Kinds | None = None
+    ) -> Iterator[None]:
+        """Call `callback` with every event published while the block is open, or only with
+        those of the types in `kinds`."""
+        entry = (callback, kinds)
+        self._callbacks.append(entry)
         try:
             yield
         finally:
-            self._callbacks.remove(callback)
+            self._callbacks.remove(entry)
 
     @contextmanager
     def subscribe(self) -> Iterator[MemoryObjectReceiveStream[Event]]:

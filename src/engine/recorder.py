@@ -38,7 +38,8 @@ from engine.domain.states import TERMINAL_RUN_STATES, TERMINAL_SUBPLAN_STATES
 from engine.errors import StoreError
 from engine.ports.store import Changes, NewRun, RunRecord, Store, SubplanRecord
 
-_RUN_EVENTS = (RunStateChanged, SubplanStateChanged, SubplanAttemptFailed)
+#: The events a run's record is made of: the recorder listens to these only.
+RUN_EVENTS: tuple[type[Event], ...] = (RunStateChanged, SubplanStateChanged, SubplanAttemptFailed)
 
 #: Seconds a non-terminal change may wait before it is written.
 MAX_DELAY = 0.5
@@ -132,7 +133,7 @@ class Recorder:
     def __call__(self, event: Event) -> None:
         """The bus callback. Only a run's own events are its log (`seq` 1, 2, ...); lock and
         job events that name the run live in the locks and jobs tables instead."""
-        if not isinstance(event, _RUN_EVENTS):
+        if not isinstance(event, RUN_EVENTS):
             return
         recording = self._recordings.get(event.run_id) if event.run_id is not None else None
         if recording is None:
@@ -207,7 +208,7 @@ class Recorder:
     async def settle(self) -> None:
         """`flush()`, shielded from cancellation and bounded by CLOSE_TIMEOUT: for the end of
         a run and for closing, which must record what happened even while being cancelled."""
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT) as scope:
+        with anyio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
             await self.flush()
         if scope.cancelled_caught:
             raise StoreError(

@@ -83,7 +83,8 @@ class ParallelSubplanDispatcher:
         #: The `resource:` locks of subplans that declare `locks` (None: locks are not held).
         self.locks = locks
         self._skip_completed = skip
-        self._rng = rng or random.Random()
+        #: The retry backoff's jitter; made on the first retry (most runs never need one).
+        self._rng = rng
         self.limiters: dict[str, AsyncSemaphoreLimiter] = {}
         self._callables: dict[str, CallTarget] = {}
 
@@ -121,16 +122,21 @@ class ParallelSubplanDispatcher:
         fail_fast = config.failure_mode is FailureMode.FAIL_FAST
 
         def close(name: str, state: SubplanState, reason: str) -> None:
-            """A child that will never start: skipped (a need failed) or cancelled."""
+            """A child that will never start: skipped (a need failed) or cancelled; and then its
+            dependents, depth first. A loop, not recursion: a function that calls itself is a
+            reference cycle, which would keep the whole run alive until the garbage collector
+            finds it."""
             nonlocal unstarted
-            path = prefix + name
-            if tracker.subplans[path].state is not SubplanState.PENDING:
-                return
-            tracker.transition(path, state, reason)
-            self._close_subtree(path, state, reason)
-            unstarted -= 1
-            for dependent in needed_by[name]:
-                close(dependent, state, _need_reason(name, state))
+            todo = [(name, reason)]
+            while todo:
+                name, reason = todo.pop()
+                path = prefix + name
+                if tracker.subplans[path].state is not SubplanState.PENDING:
+                    continue
+                tracker.transition(path, state, reason)
+                self._close_subtree(path, state, reason)
+                unstarted -= 1
+                todo.extend((d, _need_reason(name, state)) for d in reversed(needed_by[name]))
 
         def finished(name: str, state: SubplanState, errors: list[SubplanExecutionError]) -> None:
             limiter.release()
@@ -207,11 +213,16 @@ class ParallelSubplanDispatcher:
                 ready.append(child)
 
         workers = min(config.max_parallel, unstarted)
-        scope: anyio.CancelScope
+        no_lock_waits = locks is None or not any(c.locks for c in children)
+        #: What fail-fast cancels: the workers' scope.
+        scope = anyio.CancelScope()
         try:
-            if workers == 1 and (locks is None or not any(c.locks for c in children)):
+            if unstarted == 1 and no_lock_waits:
+                # One child to run, in this task: fail-fast has nothing else to cancel.
+                await worker()
+            elif workers == 1 and no_lock_waits:
                 # One worker and no lock waits: it runs in this task (no task group to make).
-                with anyio.CancelScope() as scope:
+                with scope:
                     await worker()
             else:
                 async with anyio.create_task_group() as tg:
@@ -366,6 +377,8 @@ class ParallelSubplanDispatcher:
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter: uniform in [0, base * 2**(attempt-1)]."""
         ceiling = min(MAX_BACKOFF, self.settings.retry_backoff * 2 ** (attempt - 1))
+        if self._rng is None:
+            self._rng = random.Random()
         return self._rng.uniform(0, ceiling)
 
 

@@ -145,7 +145,11 @@ def deserialize_job_payload(text: str) -> JobPayload:
     name = Path(source).name if source else f"{plan.name}.yaml"
     folder = Path(workdir)
     plan = plan.with_source(folder / name, resolved=folder.is_absolute())
-    return JobPayload(version=version, plan=plan, workdir=workdir, plan_source=source)
+    # Every field is checked above: validating the model again would check the plan's
+    # structure a second time.
+    return JobPayload.model_construct(
+        version=version, plan=plan, workdir=workdir, plan_source=source
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,16 +174,18 @@ class Plan(BaseModel):
     def walk(self) -> list[tuple[str, Subplan]]:
         """Every subplan with its path, parents before children."""
         out: list[tuple[str, Subplan]] = []
-
-        def visit(prefix: str, children: list[Subplan]) -> None:
-            for child in children:
-                path = f"{prefix}{child.name}"
-                out.append((path, child))
-                if child.subplans is not None:
-                    visit(f"{path}/", child.subplans)
-
-        visit("", self.subplans)
+        _walk("", self.subplans, out)
         return out
+
+
+def _walk(prefix: str, children: list[Subplan], out: list[tuple[str, Subplan]]) -> None:
+    # A module function, not a nested one: a nested function that calls itself is a reference
+    # cycle, which keeps what it saw alive until the garbage collector finds it.
+    for child in children:
+        path = f"{prefix}{child.name}"
+        out.append((path, child))
+        if child.subplans is not None:
+            _walk(f"{path}/", child.subplans, out)
 
 
 def structural_problems(plan: Plan) -> list[PlanProblem]:

@@ -114,10 +114,10 @@ class JobService:
         error: str | None = None,
         run_id: str | None = None,
     ) -> None:
-        """Publish a `JobStateChanged` if anybody listens; for a change already written (the
+        """Publish a `JobStateChanged` if anybody wants it; for a change already written (the
         worker calls it after its claim or outcome batch). A failing subscriber is logged."""
         bus = self._bus
-        if bus is None or not bus.active:
+        if bus is None or not bus.wants(JobStateChanged):
             return
         self._seq += 1
         event = JobStateChanged(

@@ -2,9 +2,11 @@
 
 This module owns the rules: re-entrancy, waiting (jittered exponential backoff, woken early when
 this service releases the resource), renewal in the background every ttl/3, and release on every
-exit path of `hold`. Atomicity is the store's (one statement per step); this module never talks
-to a database directly and reads time only from the injected `Clock`. Each change of hands is a
-`LockEvent` on the engine's bus (built only while somebody listens; re-entries are not events).
+exit path of `hold`. Renewal is done by the service's `renewer` task while somebody runs it (the
+engine does, in its task group); without it each hold renews its lock in a task of its own.
+Atomicity is the store's (one statement per step); this module never talks to a database
+directly and reads time only from the injected `Clock`. Each change of hands is a `LockEvent` on
+the engine's bus (built only while somebody wants it; re-entries are not events).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from engine.domain.lock import LockRecord, Owner, Resource
 from engine.errors import LockConflictError, LockExpiredError, LockNotFoundError, StoreError
 from engine.events import EventBus
 from engine.locks.models import Backoff, HeldLock, LockGuard, LockStatistics
+from engine.locks.renewer import Renewal, Renewer
 from engine.ports.clock import Clock
 from engine.ports.store import LockStore
 
@@ -57,6 +60,9 @@ class LockService:
         self._released_event: anyio.Event | None = None
         self._releases = 0
         self._stats = {f.name: 0 for f in fields(LockStatistics)}
+        #: Renews the locks of every `hold` while it runs: `await task_group.start(
+        #: locks.renewer.run)`, `locks.renewer.stop()`.
+        self.renewer = Renewer(clock, self._renew_held, self._abandon)
 
     # -- one step each -------------------------------------------------------------------------
 
@@ -247,19 +253,27 @@ class LockService:
         held = HeldLock(res, who, ttl, record)
         self._stats["held"] += 1
         failure: Exception | None = None
+        renewal: Renewal | None = None
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_alive, held, tg.cancel_scope)
-                try:
+            if self.renewer.running:
+                with anyio.CancelScope() as scope:
+                    renewal = self.renewer.add(held, scope)
                     yield held
-                except Exception as exc:
-                    # Re-raised below, outside the task group (which would wrap it in a group).
-                    failure = exc
-                finally:
-                    tg.cancel_scope.cancel()
+            else:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keep_alive, held, tg.cancel_scope)
+                    try:
+                        yield held
+                    except Exception as exc:
+                        # Re-raised below, outside the task group (which would wrap it in a group).
+                        failure = exc
+                    finally:
+                        tg.cancel_scope.cancel()
         finally:
             self._stats["held"] -= 1
-            with anyio.CancelScope(shield=True), anyio.move_on_after(RELEASE_TIMEOUT):
+            if renewal is not None:
+                await self.renewer.remove(renewal)  # after its renewal in flight, if any
+            with anyio.move_on_after(RELEASE_TIMEOUT, shield=True):
                 await self._release_quietly(held)
         if failure is not None:
             raise failure
@@ -278,6 +292,11 @@ class LockService:
         set never deadlock) within one `wait` budget; released in reverse order."""
         ordered = sorted((Resource.of(r), ttl) for r, ttl in claims)
         guard = LockGuard()
+        if len(ordered) == 1:  # a run's plan lock: no exit stack needed
+            async with self.hold(ordered[0][0], owner, ordered[0][1], wait=wait) as held:
+                guard.locks.append(held)
+                yield guard
+            return
         started = self.clock.monotonic()
         async with AsyncExitStack() as stack:
             for resource, ttl in ordered:
@@ -309,37 +328,48 @@ class LockService:
         return None, holder
 
     async def _keep_alive(self, held: HeldLock, scope: anyio.CancelScope) -> None:
-        interval = held.ttl / 3
-        while True:
+        """A hold's own renewal task, when no `renewer` runs."""
+        interval: float | None = held.ttl / 3
+        while interval is not None:
             await self.clock.sleep(interval)
-            try:
-                # Shielded: a statement cancelled in flight makes SQLAlchemy close its aiosqlite
-                # connection in a task that may never finish, hanging the process at exit.
-                with anyio.CancelScope(shield=True):
-                    held.record = await self.renew(held.resource, held.owner, held.ttl)
-                interval = held.ttl / 3
-            except LockExpiredError as exc:
-                self._lose(held, exc, scope)
-                return
-            except StoreError as exc:
-                # Still ours until it expires: try again sooner, and give up only then.
-                left = (held.record.expires_at - self.clock.now()).total_seconds()
-                if left <= 0:
-                    reason = f"it could not be renewed before it expired ({exc})"
-                    lost = LockExpiredError(
-                        str(held.resource), held.owner.id, held.record.expires_at, reason=reason
-                    )
-                    self._emit(
-                        "lock.expired",
-                        held.resource,
-                        held.owner.id,
-                        held.owner.run_id,
-                        held.record.expires_at,
-                        str(lost),
-                    )
-                    self._lose(held, lost, scope)
-                    return
-                interval = max(min(held.ttl / 10, left / 2), 0.01)
+            interval = await self._renew_held(held, scope)
+
+    async def _renew_held(self, held: HeldLock, scope: anyio.CancelScope) -> float | None:
+        """Renew a held lock once: seconds until the next renewal, or None if the lock is lost
+        (then `scope`, its block's, is cancelled)."""
+        try:
+            # Shielded: a statement cancelled in flight makes SQLAlchemy close its aiosqlite
+            # connection in a task that may never finish, hanging the process at exit.
+            with anyio.CancelScope(shield=True):
+                held.record = await self.renew(held.resource, held.owner, held.ttl)
+        except LockExpiredError as exc:
+            self._lose(held, exc, scope)
+            return None
+        except StoreError as exc:
+            # Still ours until it expires: try again sooner, and give up only then.
+            left = (held.record.expires_at - self.clock.now()).total_seconds()
+            if left <= 0:
+                reason = f"it could not be renewed before it expired ({exc})"
+                lost = LockExpiredError(
+                    str(held.resource), held.owner.id, held.record.expires_at, reason=reason
+                )
+                self._emit(
+                    "lock.expired",
+                    held.resource,
+                    held.owner.id,
+                    held.owner.run_id,
+                    held.record.expires_at,
+                    str(lost),
+                )
+                self._lose(held, lost, scope)
+                return None
+            return max(min(held.ttl / 10, left / 2), 0.01)
+        return held.ttl / 3
+
+    def _abandon(self, held: HeldLock, scope: anyio.CancelScope, reason: str) -> None:
+        """The renewer can no longer renew `held` (`reason`) while its block runs: stop the
+        block, which would go on unprotected."""
+        self._lose(held, LockExpiredError(str(held.resource), held.owner.id, reason=reason), scope)
 
     def _lose(self, held: HeldLock, exc: LockExpiredError, scope: anyio.CancelScope) -> None:
         held.lost = exc
@@ -393,10 +423,10 @@ class LockService:
         expires_at: datetime | None = None,
         error: str | None = None,
     ) -> None:
-        """Publish a `LockEvent` if anybody listens. A failing subscriber is logged: it must
+        """Publish a `LockEvent` if anybody wants it. A failing subscriber is logged: it must
         not leave a lock taken or freed without its holder knowing."""
         bus = self._bus
-        if bus is None or not bus.active:
+        if bus is None or not bus.wants(LockEvent):
             return
         self._seq += 1
         event = LockEvent(

@@ -110,21 +110,25 @@ async def run_job(
         logger.warning("job %s: %s", running.job.id, message)
         return running.outcome(clock, AsyncJobStatus.FAILED, message)
     prepared: PreparedRun | None = None
+    result: RunResult | None = None
     error: str | None = None
-    with running.scope:
+    # One scope for the pool's stops and the timeout: a stop says why (`running.reason`).
+    scope = running.scope
+    scope.deadline = min(scope.deadline, anyio.current_time() + job_timeout)
+    with scope:
         # A plan already running elsewhere (its plan lock) is waited for, within the timeout.
-        with anyio.move_on_after(job_timeout) as timeout:
-            try:
-                prepared = engine.prepare_run(payload.plan, lock_wait=job_timeout)
-                running.run_id = prepared.run_id
-                # The job row says it runs: its run is created by the next flush, not awaited.
-                await prepared.execute(record_first=False)
-            except EngineError as exc:
-                error = str(exc)
-            except Exception as exc:  # a bug must fail the job, not the pool
-                logger.exception("job %s: unexpected error", running.job.id)
-                error = f"{type(exc).__name__}: {exc}"
-    result = prepared.result() if prepared is not None else None
+        try:
+            prepared = engine.prepare_run(payload.plan, lock_wait=job_timeout)
+            running.run_id = prepared.run_id
+            # The job row says it runs: its run is created by the next flush, not awaited.
+            result = await prepared.execute(record_first=False)
+        except EngineError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug must fail the job, not the pool
+            logger.exception("job %s: unexpected error", running.job.id)
+            error = f"{type(exc).__name__}: {exc}"
+    if result is None and prepared is not None:  # it did not return: where it got to
+        result = prepared.result()
     summary = _summary(result) if result is not None else None
     if running.reason is StopReason.LOST:
         return None
@@ -134,7 +138,7 @@ async def run_job(
         )
     if running.reason is StopReason.CANCEL_REQUESTED:
         return running.outcome(clock, AsyncJobStatus.CANCELLED, "cancelled by request", summary)
-    if timeout.cancelled_caught:
+    if scope.cancelled_caught:  # not stopped by the pool (that has a reason): timed out
         message = f"timed out after {job_timeout:g}s (async.job_timeout)"
         return running.outcome(clock, AsyncJobStatus.FAILED, message, summary)
     if error is not None:

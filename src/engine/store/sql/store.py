@@ -3,9 +3,10 @@
 One writer path per process: batches are written one at a time (an `anyio.Lock`), each in one
 short transaction (`BEGIN IMMEDIATE` on SQLite) made by ONE call of a plain function of a
 connection (`Transactions`: on an SQLite file, one thread hop per transaction). Reads are Core
-selects on the async pool and never take the write lock. The per-subplan and per-event writes (thousands per run) are driver-level
-executemany with tuples converted here: SQLAlchemy's per-row parameter processing would cost
-more than the database itself (benchmarks/store_overhead.py). Every driver error is translated
+selects on the async pool and never take the write lock. The per-subplan and per-event writes
+(thousands per run) are driver-level executemany with tuples converted here: SQLAlchemy's
+per-row parameter processing would cost more than the database itself
+(benchmarks/store_overhead.py). Every driver error is translated
 into a `StoreError` here; nothing above this module imports SQLAlchemy.
 """
 
