@@ -51,9 +51,18 @@ async def test_requests_queued_behind_a_batch_go_together_one_per_key() -> None:
     assert (batcher.batches, batcher.requests) == (3, 4)
 
 
-async def test_a_failed_batch_fails_each_of_its_requests_and_the_next_batch_still_runs() -> None:
+async def test_requests_made_at_the_same_moment_form_one_batch() -> None:
     rec = Recording()
     rec.gate.set()
+    batcher: GroupCommit[str, str] = GroupCommit(rec.run, key=lambda r: r)
+    async with anyio.create_task_group() as tg:
+        for request in ("a", "b", "c"):
+            tg.start_soon(batcher.submit, request)
+    assert rec.batches == [["a", "b", "c"]]
+
+
+async def test_a_failed_batch_fails_each_of_its_requests_and_the_next_batch_still_runs() -> None:
+    rec = Recording()
     batcher: GroupCommit[str, str] = GroupCommit(rec.run, key=lambda r: r)
     outcomes: dict[str, str] = {}
 
@@ -65,11 +74,18 @@ async def test_a_failed_batch_fails_each_of_its_requests_and_the_next_batch_stil
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(ask, "first")
+        await anyio.wait_all_tasks_blocked()
         for request in ("boom", "x"):
             tg.start_soon(ask, request)
+        await anyio.wait_all_tasks_blocked()
+        rec.gate.set()
 
-    assert outcomes["boom"] == "the statement failed"
-    assert outcomes["first"] == "FIRST"
+    assert rec.batches == [["first"], ["boom", "x"]]
+    assert outcomes == {
+        "first": "FIRST",
+        "boom": "the statement failed",
+        "x": "the statement failed",
+    }
     assert await batcher.submit("later") == "LATER"
 
 

@@ -37,9 +37,12 @@ logger = logging.getLogger("engine.worker")
 
 #: The shortest idle wait; doubled per empty poll up to `poll_interval`.
 MIN_IDLE = 0.005
-#: After a slot frees while others are busy, how long to wait for more to free (one claim for
-#: several slots instead of one claim per slot).
-COALESCE = 0.002
+#: After a slot frees while others are busy, how long to wait for more to free: one claim for
+#: several slots instead of one claim per slot, and the jobs claimed together then take their
+#: locks, record their runs and finish in shared batches. Every write costs far more per
+#: transaction than per row, so this wait doubles throughput (measured: 2 ms gave batches of 3,
+#: 10 ms batches of 16); it delays a job only while the worker is busy.
+COALESCE = 0.01
 #: How often finished jobs and long-gone workers are purged (at most; also once at start).
 TTL_EVERY = 60.0
 #: How long the last outcomes may take to be written when the pool stops.

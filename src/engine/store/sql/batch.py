@@ -1,6 +1,8 @@
 """`GroupCommit`: many callers' small writes, made as one statement per batch.
 
-A caller queues its request and waits. Whoever finds no batch in flight leads: it takes the
+A caller queues its request and waits. Whoever finds no batch in flight leads: it lets the
+tasks that are ready to run at that moment queue theirs too (one turn of the event loop: tasks
+started together make one batch, not a batch of one and a batch of the rest), then takes the
 queued requests (one per key: a second request for the same key waits for the next batch, so one
 statement never touches a row twice) and runs them through `run_batch` in one go. When that
 batch is done, the next queued request, if any, leads the next one. No background task: the
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
 import anyio
+import anyio.lowlevel
 
 Request = TypeVar("Request")
 Answer = TypeVar("Answer")
@@ -61,6 +64,8 @@ class GroupCommit(Generic[Request, Answer]):
                 await item.woken.wait()
             else:
                 self._busy = True
+                # Let the tasks that are ready now queue their requests too: one batch.
+                await anyio.lowlevel.checkpoint()
             if not item.finished:
                 await self._lead()
         if item.error is not None:
