@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,15 @@ async def test_check_constraints_refuse_other_values(empty_database: str) -> Non
         await inspect(empty_database, insert)
 
 
+def test_scripts_are_named_after_their_revisions_so_the_head_is_read_from_names() -> None:
+    versions = Path(str(resources.files("engine.migrations"))) / "versions"
+    scripts = sorted(versions.glob("[0-9]*.py"))
+    assert [p.name[:4] for p in scripts] == list(known_revisions())
+    for script in scripts:
+        assert f'revision: str = "{script.name[:4]}"' in script.read_text(), script.name
+    assert head_revision() == known_revisions()[-1]
+
+
 def test_the_alembic_command_line_works_in_a_checkout(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
@@ -157,7 +167,9 @@ def test_a_wheel_carries_the_migrations_and_finds_them(tmp_path: Path) -> None:
     probe = (
         "import engine, importlib.resources as r; "
         "from engine.store.sql.schema import known_revisions; "
-        "print(engine.__file__); print(r.files('engine.migrations')); print(known_revisions())"
+        "from engine.store.sql.schema import head_revision; "
+        "print(engine.__file__); print(r.files('engine.migrations')); "
+        "print((known_revisions(), head_revision()))"
     )
     found = subprocess.run(
         [sys.executable, "-c", probe],
@@ -172,4 +184,4 @@ def test_a_wheel_carries_the_migrations_and_finds_them(tmp_path: Path) -> None:
     module, scripts, revisions = found.stdout.splitlines()
     assert module.startswith(str(site))
     assert scripts == str(site / "engine" / "migrations")
-    assert revisions == repr(known_revisions())
+    assert revisions == repr((known_revisions(), known_revisions()[-1]))

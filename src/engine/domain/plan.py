@@ -158,12 +158,16 @@ class Plan(BaseModel):
     @property
     def source(self) -> Path | None:
         """The plan file this plan was loaded from, if any."""
-        return self._source
+        # Read from pydantic's private storage directly: `self._source` goes through
+        # `BaseModel.__getattr__`, which costs ~10 µs, and a run reads it several times.
+        private = self.__pydantic_private__
+        return private.get("_source") if private is not None else None
 
     @property
     def base_dir(self) -> Path:
         """The folder relative `cwd` values start from: the plan file's folder, else the CWD."""
-        return self._source.parent if self._source is not None else Path.cwd()
+        source = self.source
+        return source.parent if source is not None else Path.cwd()
 
     def with_source(self, source: Path, *, resolved: bool = False) -> Plan:
         """This plan, loaded from `source` (`resolved`: the path is absolute and final)."""
