@@ -335,3 +335,12 @@ async def test_postgres_check_constraints_refuse_unknown_states(postgres_url: st
             await corrupt()
     finally:
         await store.close()
+
+
+def test_the_hot_inserts_name_every_column_of_their_tables() -> None:
+    from engine.store.sql import mapping
+    from engine.store.sql.tables import events, runs, subplan_runs
+
+    assert set(mapping.RUN_COLUMNS) == {c.name for c in runs.c}
+    assert set(mapping.SUBPLAN_COLUMNS) == {c.name for c in subplan_runs.c}
+    assert set(mapping.EVENT_COLUMNS) == {c.name for c in events.c}

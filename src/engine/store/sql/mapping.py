@@ -25,32 +25,28 @@ SUBPLAN_UPDATE_COLUMNS = (
     "output_tail",
     "log_path",
 )
+RUN_COLUMNS = (
+    "id",
+    "plan_name",
+    "project",
+    "state",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration",
+    "error",
+    "max_parallel",
+    "failure_mode",
+    "plan_source",
+    "plan_digest",
+    "plan",
+    "resumed_from",
+)
 SUBPLAN_COLUMNS = ("id", "run_id", "path", "position", "kind", *SUBPLAN_UPDATE_COLUMNS)
 EVENT_COLUMNS = ("id", "run_id", "seq", "type", "at", "path", "payload")
 
 #: A datetime as the driver takes it: the SQLite text form, or the aware datetime itself.
 TimeParam = Callable[[datetime | None], datetime | str | None]
-
-
-def run_row(run: RunRecord, plan_json: str) -> dict[str, Any]:
-    """Core parameters (typed by the table) for creating a run."""
-    return {
-        "id": run.id,
-        "plan_name": run.plan_name,
-        "project": run.project,
-        "state": run.state.value,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "duration": run.duration,
-        "error": run.error,
-        "max_parallel": run.max_parallel,
-        "failure_mode": run.failure_mode.value,
-        "plan_source": run.plan_source,
-        "plan_digest": run.plan_digest,
-        "plan": plan_json,
-        "resumed_from": run.resumed_from,
-    }
 
 
 def run_update(run: RunRecord) -> dict[str, Any]:
@@ -66,6 +62,27 @@ def run_update(run: RunRecord) -> dict[str, Any]:
 
 # The hot rows below are tuples for driver-level executemany, in the column orders above:
 # SQLAlchemy's per-row parameter processing would cost more than the database does.
+
+
+def run_row(run: RunRecord, plan_json: str, time: TimeParam) -> tuple[Any, ...]:
+    """A new run, in RUN_COLUMNS order."""
+    return (
+        run.id,
+        run.plan_name,
+        run.project,
+        run.state.value,
+        time(run.created_at),
+        time(run.started_at),
+        time(run.finished_at),
+        run.duration,
+        run.error,
+        run.max_parallel,
+        run.failure_mode.value,
+        run.plan_source,
+        run.plan_digest,
+        plan_json,
+        run.resumed_from,
+    )
 
 
 def subplan_row(sub: SubplanRecord, time: TimeParam) -> tuple[Any, ...]:

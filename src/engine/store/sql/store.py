@@ -52,13 +52,19 @@ _COUNT_RUNS = (
 
 
 class _HotStatements:
-    """The per-subplan and per-event statements as driver SQL in the dialect's paramstyle."""
+    """The per-run, per-subplan and per-event statements as driver SQL in the dialect's
+    paramstyle."""
 
     def __init__(self, dialect: Dialect) -> None:
         self.time: mapping.TimeParam = (
             mapping.sqlite_time if dialect.name == "sqlite" else mapping.aware_time
         )
         marks = _placeholders(dialect.paramstyle)
+        run_cols = ", ".join(mapping.RUN_COLUMNS)
+        self.insert_runs = (
+            f"INSERT INTO {runs.name} ({run_cols}) "
+            f"VALUES ({', '.join(marks(len(mapping.RUN_COLUMNS)))})"
+        )
         sub_cols = ", ".join(mapping.SUBPLAN_COLUMNS)
         self.insert_subplans = (
             f"INSERT INTO {subplan_runs.name} ({sub_cols}) "
@@ -115,8 +121,9 @@ class SqlStore(SqlLocks, SqlJobs):
     def _apply(self, conn: Connection, changes: Changes) -> None:
         hot, time = self._hot, self._hot.time
         if changes.created:
-            conn.execute(
-                sa.insert(runs), [mapping.run_row(n.run, n.plan_json) for n in changes.created]
+            conn.exec_driver_sql(
+                hot.insert_runs,
+                [mapping.run_row(n.run, n.plan_json, time) for n in changes.created],
             )
         rows = [mapping.subplan_row(s, time) for n in changes.created for s in n.subplans]
         rows.extend(mapping.subplan_row(s, time) for s in changes.added)
