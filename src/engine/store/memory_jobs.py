@@ -6,6 +6,7 @@ Same contract as `engine.store.sql.jobs` (tests/test_job_store_contract.py).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -22,10 +23,15 @@ class MemoryJobs:
     def __init__(self) -> None:
         self._jobs: dict[str, AsyncJob] = {}
         self._workers: dict[str, WorkerRecord] = {}
+        #: Ids of queued jobs, oldest first (a heap; entries of jobs that left `queued` are
+        #: skipped when they come up): a claim costs O(limit log n), not a scan of every job.
+        self._queue: list[str] = []
 
     def _set(self, job: AsyncJob, **changes: Any) -> AsyncJob:
         updated = job.model_copy(update=changes)
         self._jobs[job.id] = updated
+        if updated.status is _QUEUED and job.status is not _QUEUED:
+            heapq.heappush(self._queue, job.id)
         return updated
 
     async def enqueue_jobs(self, jobs: Sequence[AsyncJob]) -> None:
@@ -34,10 +40,17 @@ class MemoryJobs:
             raise StoreError("cannot enqueue jobs: a job id exists already")
         for job in jobs:
             self._jobs[job.id] = job.model_copy(update={"created_at": _utc(job.created_at)})
+            if job.status is _QUEUED:
+                heapq.heappush(self._queue, job.id)
 
     async def claim_jobs(self, worker_id: str, now: datetime, limit: int) -> list[AsyncJob]:
         now = _utc(now)
-        queued = sorted(i for i, job in self._jobs.items() if job.status is _QUEUED)[:limit]
+        queued: list[str] = []
+        while self._queue and len(queued) < limit:
+            i = heapq.heappop(self._queue)
+            job = self._jobs.get(i)
+            if job is not None and job.status is _QUEUED and i not in queued:
+                queued.append(i)
         return [
             self._set(
                 self._jobs[i],
