@@ -187,7 +187,7 @@ async def test_a_started_sqlite_write_finishes_even_when_its_caller_is_cancelled
     def work(conn: Connection) -> None:
         anyio.from_thread.run_sync(started.set)
         assert go.wait(10)
-        store._apply(conn, Changes(created=[NewRun(run, "{}", [])]))
+        store._statements(Changes(created=[NewRun(run, "{}", [])]))(conn)
 
     try:
         with anyio.fail_after(10):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from functools import partial
 
 import anyio
 import sqlalchemy as sa
@@ -114,38 +113,49 @@ class SqlStore(SqlLocks, SqlJobs):
     async def write(self, changes: Changes) -> None:
         if not changes:
             return
+        # The rows are built here, on the event loop's thread; the transaction's thread only
+        # sends them. Python run there holds the GIL against the event loop (a 10,000-step
+        # run's flush would stall its dispatcher).
+        work = self._statements(changes)
         async with self._write_lock:
             with translated(self._location, "recording"):
-                await self._tx.run(partial(self._apply, changes=changes))
+                await self._tx.run(work)
 
-    def _apply(self, conn: Connection, changes: Changes) -> None:
+    def _statements(self, changes: Changes) -> Callable[[Connection], None]:
+        """The writes of `changes`, as the work of one transaction."""
         hot, time = self._hot, self._hot.time
-        if changes.created:
-            conn.exec_driver_sql(
-                hot.insert_runs,
-                [mapping.run_row(n.run, n.plan_json, time) for n in changes.created],
-            )
-        rows = [mapping.subplan_row(s, time) for n in changes.created for s in n.subplans]
-        rows.extend(mapping.subplan_row(s, time) for s in changes.added)
-        if rows:
-            conn.exec_driver_sql(hot.insert_subplans, rows)
-        if changes.runs:
-            updates = [mapping.run_update(run) for run in changes.runs]
-            if len(updates) == 1 or conn.dialect.supports_sane_multi_rowcount:
-                updated = conn.execute(_RUN_UPDATE, updates).rowcount
-            else:  # asyncpg counts no rows of an executemany: count the runs instead
-                conn.execute(_RUN_UPDATE, updates)
-                ids = [run.id for run in changes.runs]
-                updated = conn.execute(_COUNT_RUNS, {"ids": ids}).scalar_one()
-            if updated != len(updates):
-                raise StoreError(f"{self._location}: an update names an unknown run")
-        if changes.subplans:
-            params = [mapping.subplan_update(s, time) for s in changes.subplans]
-            result = conn.exec_driver_sql(hot.update_subplans, params)
-            if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(params):
-                raise StoreError(f"{self._location}: an update names an unknown subplan")
-        if changes.events:
-            conn.exec_driver_sql(hot.insert_events, mapping.event_rows(changes.events, time))
+        new_runs = [mapping.run_row(n.run, n.plan_json, time) for n in changes.created]
+        added = [mapping.subplan_row(s, time) for n in changes.created for s in n.subplans]
+        added.extend(mapping.subplan_row(s, time) for s in changes.added)
+        run_updates = [mapping.run_update(run) for run in changes.runs]
+        run_ids = [run.id for run in changes.runs]
+        sub_updates = [mapping.subplan_update(s, time) for s in changes.subplans]
+        events = mapping.event_rows(changes.events, time) if changes.events else []
+        location = self._location
+
+        def apply(conn: Connection) -> None:
+            if new_runs:
+                conn.exec_driver_sql(hot.insert_runs, new_runs)
+            if added:
+                conn.exec_driver_sql(hot.insert_subplans, added)
+            if run_updates:
+                if len(run_updates) == 1 or conn.dialect.supports_sane_multi_rowcount:
+                    updated = conn.execute(_RUN_UPDATE, run_updates).rowcount
+                else:  # asyncpg counts no rows of an executemany: count the runs instead
+                    conn.execute(_RUN_UPDATE, run_updates)
+                    updated = conn.execute(_COUNT_RUNS, {"ids": run_ids}).scalar_one()
+                if updated != len(run_updates):
+                    raise StoreError(f"{location}: an update names an unknown run")
+            if sub_updates:
+                result = conn.exec_driver_sql(hot.update_subplans, sub_updates)
+                if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(
+                    sub_updates
+                ):
+                    raise StoreError(f"{location}: an update names an unknown subplan")
+            if events:
+                conn.exec_driver_sql(hot.insert_events, events)
+
+        return apply
 
     async def abandon_lost_runs(self, now: datetime, created_before: datetime) -> list[str]:
         finished = [state.value for state in TERMINAL_RUN_STATES]
