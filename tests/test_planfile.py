@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from engine.domain.plan import Plan
 from engine.errors import PlanValidationError
-from engine.planfile import MAX_BYTES, _structure, load_plan, parse_plan, plan_from_data
+from engine.planfile import MAX_BYTES, load_plan, parse_plan, plan_from_data
+from engine.planfile.problems import structure
 
 VALID = textwrap.dedent(
     """\
@@ -347,7 +348,7 @@ def test_raw_structure_pass_matches_the_model_check(data: dict[str, Any]) -> Non
     with pytest.raises(PlanValidationError) as from_model:
         Plan.model_validate(data)
 
-    from_raw = [item.problem for item in _structure(data)]
+    from_raw = [item.problem for item in structure(data)]
 
     assert sorted(map(repr, from_raw)) == sorted(map(repr, from_model.value.problems))
     assert len(problems_of_data(data)) == len(from_model.value.problems)

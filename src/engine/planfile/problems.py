@@ -1,29 +1,23 @@
-"""Plan files: YAML text -> `Plan`, with every problem of a file reported at once.
+"""What is wrong with plan data that does not validate, as `PlanProblem`s keyed by their place.
 
-This module owns reading and checking a plan file, and turning everything wrong with it into
-`PlanProblem`s (file, subplan path, field, what is allowed, what was found) inside ONE
-`PlanValidationError`. It must never let a traceback, a PyYAML or a raw pydantic message escape,
-and it never runs anything.
+Two passes: pydantic's errors translated (what is allowed, described from the models' own JSON
+schemas; what was found, shown short), and the model's structural checks (sibling names,
+`needs`, cycles) run over the raw data, which pydantic never reaches once a field is wrong.
+Each problem carries its position in the file (indexes of keys and items), so they are reported
+in file order. Also what every part of plan-file checking shares: `fail` and `show`.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import sys
-from collections.abc import Hashable
 from datetime import date
 from functools import cache
 from itertools import islice
-from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
-from yaml.error import Mark
-from yaml.nodes import MappingNode, Node, ScalarNode
 
 from engine.domain.graph import find_cycle
 from engine.domain.plan import (
@@ -37,301 +31,23 @@ from engine.domain.plan import (
 )
 from engine.errors import PlanValidationError
 
-MAX_BYTES = 10 * 1024 * 1024  # a plan file larger than this is not a plan file
-MAX_DEPTH = 100  # nesting levels of mappings and lists
-MAX_VALUES = 1_000_000  # values after expanding YAML aliases ("billion laughs")
-MAX_PROBLEMS = 100  # shown; the rest are counted
-
 _RANGE_ERRORS = frozenset(
     {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
 )
 _EMPTY_ERRORS = frozenset({"too_short", "string_too_short"})
-_LAST: tuple[int, ...] = (1 << 62,)  # sort key of a problem with no known position
+LAST: tuple[int, ...] = (1 << 62,)  # sort key of a problem with no known position
 
 
-class _Located(NamedTuple):
+class Located(NamedTuple):
     """A problem and its position in the file (indexes of keys and items, in file order)."""
 
     key: tuple[int, ...]
     problem: PlanProblem
 
 
-# --------------------------------------------------------------------------- public API
-
-
-def load_plan(path: str | Path) -> Plan:
-    """Read, parse and validate a plan file; the plan remembers where it came from."""
-    source = os.fspath(path)
-    return parse_plan(_read(Path(path), source), source).with_source(Path(path))
-
-
-def parse_plan(text: str | bytes, source: str) -> Plan:
-    """Parse and validate the text of a plan file; `source` names the file in messages."""
-    decoded = _decode(text, source)
-    data = _load_yaml(decoded, source)
-    if data is None and decoded.strip():
-        _fail(source, "holds no plan (only comments or null); it needs at least name and subplans")
-    return plan_from_data(data, source)
-
-
-def plan_from_data(data: object, source: str) -> Plan:
-    """Validate data already loaded (the dict YAML or JSON gives) into a Plan."""
-    if data is None:
-        _fail(source, "is empty; a plan needs at least name and subplans")
-    if not isinstance(data, dict):
-        _fail(source, f"must be a mapping with name and subplans, got {_kind_of(data)}")
-    shape = _shape_problem(data)
-    if shape is not None:
-        _fail(source, shape)
-    try:
-        return Plan.model_validate(data)
-    except ValidationError as exc:
-        # Field errors stop pydantic before the model's structural check: do that pass here.
-        located = [*_translate(exc, data), *_structure(data)]
-    except PlanValidationError as exc:
-        located = _structure(data)
-        known = {item.problem for item in located}
-        located += [_Located(_LAST, p) for p in exc.problems if p not in known]
-    raise PlanValidationError(source, _finish(located))
-
-
-def _fail(source: str, message: str) -> NoReturn:
+def fail(source: str, message: str) -> NoReturn:
+    """Stop with one problem of the file as a whole (it cannot be read, is not YAML, ...)."""
     raise PlanValidationError(source, [PlanProblem("", None, message)])
-
-
-def _finish(located: list[_Located]) -> list[PlanProblem]:
-    """Deduplicate, order by position in the file, and cap the list."""
-    seen: set[PlanProblem] = set()
-    unique: list[_Located] = []
-    for item in located:
-        if item.problem not in seen:
-            seen.add(item.problem)
-            unique.append(item)
-    unique.sort(key=lambda item: item.key)
-    problems = [item.problem for item in unique[:MAX_PROBLEMS]]
-    if len(unique) > MAX_PROBLEMS:
-        more = len(unique) - MAX_PROBLEMS
-        problems.append(PlanProblem("", None, f"... and {more} more problem(s) not shown"))
-    return problems
-
-
-# --------------------------------------------------------------------------- bytes -> YAML data
-
-
-def _read(path: Path, source: str) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            return handle.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        _fail(source, "no such file")
-    except IsADirectoryError:
-        _fail(source, "is a directory, not a plan file")
-    except PermissionError:
-        _fail(source, "cannot be read: permission denied")
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        _fail(source, f"cannot be read: {reason}")
-
-
-def _decode(text: str | bytes, source: str) -> str:
-    if len(text) > MAX_BYTES:
-        _fail(source, f"is too large: more than {MAX_BYTES // (1024 * 1024)} MB")
-    if isinstance(text, bytes):
-        if b"\x00" in text:
-            _fail(source, "is a binary file, not YAML text")
-        try:
-            text = text.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            _fail(source, f"is not UTF-8 text (byte 0x{text[exc.start]:02x} at offset {exc.start})")
-    if "\x00" in text:
-        _fail(source, "is a binary file, not YAML text")
-    return text.removeprefix("\ufeff")
-
-
-class _SourceError(Exception):
-    """A problem found while reading YAML, at a place in the text."""
-
-    def __init__(self, message: str, mark: Mark | None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.mark = mark
-
-
-def _at(mark: Mark | None) -> str:
-    return f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-
-
-class _PlanLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys, deep nesting and values their tag does not fit
-    (`!!float abc`), with the line where they are."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                self.check_event(yaml.NodeEvent)  # makes `current_event` the next one
-                mark: Mark = self.current_event.start_mark
-                raise _SourceError(f"nested deeper than {MAX_DEPTH} levels", mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_object(self, node: Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep=deep)
-        except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError):
-            # An explicit tag on a value it does not fit: `!!float abc`, `!!bool maybe`, `!!int ""`.
-            tag = str(node.tag).removeprefix("tag:yaml.org,2002:")
-            shown = _show(node.value) if isinstance(node, ScalarNode) else "this value"
-            raise _SourceError(f"{shown} is not a valid !!{tag} value", node.start_mark) from None
-
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        if not isinstance(node, MappingNode):  # `!!map [1]`: the base class says what is wrong
-            return super().construct_mapping(node, deep=deep)
-        first: dict[Any, Mark] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *base` may override keys on purpose
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):
-                break  # the base class reports the unhashable key
-            if key in first:
-                raise _SourceError(
-                    f"duplicate key {_show(key)} (first at line {first[key].line + 1})",
-                    key_node.start_mark,
-                )
-            first[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_yaml_int(self, node: ScalarNode) -> int:
-        try:
-            return super().construct_yaml_int(node)
-        except ValueError:
-            limit = sys.get_int_max_str_digits()
-            digits = sum(c.isdigit() for c in str(node.value))
-            if not 0 < limit < digits:
-                raise  # not a number at all (`!!int abc`): construct_object says so
-            raise _SourceError(
-                f"number with {digits} digits is too large", node.start_mark
-            ) from None
-
-    def construct_yaml_timestamp(self, node: ScalarNode) -> date:
-        try:
-            return super().construct_yaml_timestamp(node)
-        except (ValueError, OverflowError) as exc:
-            raise _SourceError(
-                f"{node.value!r} looks like a date but is not one ({exc}); quote it",
-                node.start_mark,
-            ) from None
-
-    def construct_yaml_set(self, node: Node) -> NoReturn:
-        # pydantic would take a set for a list: an argv, `needs` or `locks` in no defined order.
-        raise _SourceError("a !!set has no order: write a list instead", node.start_mark)
-
-
-_PlanLoader.add_constructor("tag:yaml.org,2002:int", _PlanLoader.construct_yaml_int)
-_PlanLoader.add_constructor("tag:yaml.org,2002:set", _PlanLoader.construct_yaml_set)
-_PlanLoader.add_constructor("tag:yaml.org,2002:timestamp", _PlanLoader.construct_yaml_timestamp)
-
-
-def _load_yaml(text: str, source: str) -> object:
-    loader: _PlanLoader | None = None
-    try:
-        loader = _PlanLoader(text)
-        return loader.get_single_data()
-    except _SourceError as exc:
-        _fail(source, f"{_at(exc.mark)}{exc.message}")
-    except yaml.composer.ComposerError as exc:
-        if exc.problem == "but found another document":
-            _fail(
-                source,
-                f"{_at(exc.problem_mark)}a second YAML document starts here; a plan file holds one",
-            )
-        _fail(source, f"{_at(exc.problem_mark)}not valid YAML: {_yaml_reason(exc)}")
-    except yaml.MarkedYAMLError as exc:
-        _fail(source, f"{_at(exc.problem_mark)}not valid YAML: {_yaml_reason(exc)}")
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
-        _fail(source, f"line {line}, column {column}: character U+{char:04X} is not allowed")
-    except yaml.YAMLError as exc:
-        _fail(source, f"not valid YAML: {exc}")
-    except RecursionError:  # e.g. thousands of chained `<<` merges
-        _fail(source, "is nested too deeply to read")
-    finally:
-        if loader is not None:
-            loader.dispose()
-
-
-def _yaml_reason(exc: yaml.MarkedYAMLError) -> str:
-    reason = exc.problem or "syntax error"
-    if "\\t" in reason or "\t" in reason:
-        reason += " (indent with spaces; YAML does not allow tabs)"
-    if exc.context:
-        where = exc.context_mark
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        reason += f" ({exc.context}{at})"
-    return reason
-
-
-def _kind_of(value: object) -> str:
-    if isinstance(value, list | tuple):
-        return "a list"
-    return _show(value)
-
-
-def _children(value: object) -> list[object] | None:
-    if isinstance(value, dict):
-        return [*value.keys(), *value.values()]
-    if isinstance(value, list | tuple | set | frozenset):
-        return list(value)
-    return None
-
-
-def _shape_problem(data: object) -> str | None:
-    """Depth, size after expanding shared values, and cycles; iterative and linear."""
-    done: dict[int, tuple[int, int]] = {}  # id -> (depth, values), for values reached twice
-    active: set[int] = {id(data)}
-    stack: list[tuple[object, list[object], int, list[int]]] = []
-    first = _children(data)
-    if first is None:
-        return None
-    stack.append((data, first, 0, [1, 1]))
-    while stack:
-        node, kids, pos, acc = stack[-1]
-        if pos < len(kids):
-            stack[-1] = (node, kids, pos + 1, acc)
-            kid = kids[pos]
-            grandkids = _children(kid)
-            if grandkids is None:
-                acc[1] += 1
-            elif id(kid) in active:
-                return "contains a value that contains itself (a YAML alias inside its anchor)"
-            elif id(kid) in done:
-                depth, values = done[id(kid)]
-                acc[0] = max(acc[0], depth + 1)
-                acc[1] += values
-            elif len(stack) >= MAX_DEPTH:
-                return f"is nested deeper than {MAX_DEPTH} levels"
-            else:
-                active.add(id(kid))
-                stack.append((kid, grandkids, 0, [1, 1]))
-            continue
-        stack.pop()
-        active.discard(id(node))
-        done[id(node)] = (acc[0], acc[1])
-        if acc[1] > MAX_VALUES:
-            return f"is too large: more than {MAX_VALUES:,} values once YAML aliases are expanded"
-        if stack:
-            parent = stack[-1][3]
-            parent[0] = max(parent[0], acc[0] + 1)
-            parent[1] += acc[1]
-    return None
 
 
 # --------------------------------------------------------------------------- pydantic -> problems
@@ -362,7 +78,7 @@ def _describe(schema: dict[str, Any]) -> tuple[str, str]:
     if "anyOf" in schema:
         return " or ".join(" ".join(filter(None, _describe(b))) for b in schema["anyOf"]), ""
     if "const" in schema:
-        return _show(schema["const"]), ""
+        return show(schema["const"]), ""
     if "enum" in schema:
         return "one of " + ", ".join(str(v) for v in schema["enum"]), ""
     kind = schema.get("type")
@@ -406,7 +122,7 @@ def _plural(schema: dict[str, Any]) -> str:
     return "subplans" if "properties" in schema else "values"
 
 
-def _translate(exc: ValidationError, data: dict[Any, Any]) -> list[_Located]:
+def translate(exc: ValidationError, data: dict[Any, Any]) -> list[Located]:
     index: dict[int, dict[Any, int]] = {}
     return [_problem_of(error, data, index) for error in exc.errors(include_url=False)]
 
@@ -440,7 +156,7 @@ def _segment(child: object, position: int) -> str:
 
 def _problem_of(
     error: ErrorDetails, data: dict[Any, Any], index: dict[int, dict[Any, int]]
-) -> _Located:
+) -> Located:
     loc, kind = error["loc"], error["type"]
     node: object = data
     model: type[BaseModel] = Plan
@@ -462,11 +178,11 @@ def _problem_of(
         unknown = rest[-1] if rest else "?"
         position = _key_index(node, unknown, index)
         key.extend([position] if position is not None else [])
-        return _Located(tuple(key), PlanProblem(path, None, _unknown_key(unknown, model)))
+        return Located(tuple(key), PlanProblem(path, None, _unknown_key(unknown, model)))
 
     field = str(rest[0]) if rest else "?"
     if kind == "missing":
-        return _Located(tuple(key), PlanProblem(path, field, "is required"))
+        return Located(tuple(key), PlanProblem(path, field, "is required"))
 
     # Follow the rest of the location into the field's value (list items, mapping values).
     found, value = True, error["input"]
@@ -492,13 +208,13 @@ def _problem_of(
 
     if on_key and kind == "env_name":
         wanted = "variable names (non-empty text without = or NUL)"
-        message = f"keys must be {wanted}, got {_show(value)}"
+        message = f"keys must be {wanted}, got {show(value)}"
     elif on_key:
-        message = f"keys must be strings, got {_show(value)}"
+        message = f"keys must be strings, got {show(value)}"
     elif kind == "nul_character":
-        message = f"must not contain a NUL character (\\0), got {_show(value)}"
+        message = f"must not contain a NUL character (\\0), got {show(value)}"
     elif kind == "string_unicode":
-        message = f"must be valid Unicode text (no lone surrogates), got {_show(value)}"
+        message = f"must be valid Unicode text (no lone surrogates), got {show(value)}"
     elif kind in _EMPTY_ERRORS and not union:
         message = "must not be empty"
     else:
@@ -506,13 +222,13 @@ def _problem_of(
         if field == "env" and label != field:
             what = "a string or a number"
         if kind == "finite_number" and not union:
-            message = f"must be a finite number {limits}".rstrip() + f", got {_show(value)}"
+            message = f"must be a finite number {limits}".rstrip() + f", got {show(value)}"
         elif kind in _RANGE_ERRORS and limits and not union:
-            message = f"must be {limits}, got {_show(value)}"
+            message = f"must be {limits}, got {show(value)}"
         else:
-            message = f"must be {' '.join(filter(None, (what, limits)))}, got {_show(value)}"
+            message = f"must be {' '.join(filter(None, (what, limits)))}, got {show(value)}"
         message += _hint(field_schema, value)
-    return _Located(tuple(key), PlanProblem(path, label, message))
+    return Located(tuple(key), PlanProblem(path, label, message))
 
 
 def _dotted(key: str) -> str:
@@ -534,18 +250,18 @@ def _hint(schema: dict[str, Any], value: object) -> str:
 def _unknown_key(key: object, model: type[BaseModel]) -> str:
     allowed = _allowed_keys(model)
     if not isinstance(key, str):
-        return f"unknown key {_show(key)}; keys are names: {', '.join(allowed)}"
+        return f"unknown key {show(key)}; keys are names: {', '.join(allowed)}"
     close = difflib.get_close_matches(key.lower(), allowed, n=1) if len(key) <= 100 else []
     if close:
-        return f"unknown key {_show(key)} (did you mean {close[0]!r}?)"
+        return f"unknown key {show(key)} (did you mean {close[0]!r}?)"
     other = Subplan if model is Plan else Plan
     if key in _allowed_keys(other):
         where = "a subplan" if other is Subplan else "the top level of the plan"
-        return f"unknown key {_show(key)} here (only {where} has it)"
-    return f"unknown key {_show(key)} (allowed: {', '.join(allowed)})"
+        return f"unknown key {show(key)} here (only {where} has it)"
+    return f"unknown key {show(key)} (allowed: {', '.join(allowed)})"
 
 
-def _show(value: object, depth: int = 0) -> str:
+def show(value: object, depth: int = 0) -> str:
     """A short, YAML-flavoured rendering of a found value; bounded whatever the value is."""
     text = _show_inner(value, depth)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -590,9 +306,9 @@ def _get(child: dict[Any, Any], field: str) -> object:
     return child.get(field)
 
 
-def _structure(data: dict[Any, Any]) -> list[_Located]:
+def structure(data: dict[Any, Any]) -> list[Located]:
     """The model's structural checks (same messages) over raw data that failed field checks."""
-    out: list[_Located] = []
+    out: list[Located] = []
     index: dict[int, dict[Any, int]] = {}
     children = data.get("subplans")
     if isinstance(children, list):
@@ -605,7 +321,7 @@ def _structure_group(
     children: list[Any],
     prefix: str,
     base: tuple[int, ...],
-    out: list[_Located],
+    out: list[Located],
     index: dict[int, dict[Any, int]],
 ) -> None:
     members = [(i, c) for i, c in enumerate(children) if isinstance(c, dict)]
@@ -615,7 +331,7 @@ def _structure_group(
     def add(i: int, child: dict[Any, Any], field: str | None, message: str) -> None:
         field_position = _key_index(child, field, index) if field else None
         where = (*base, i, *([field_position] if field_position is not None else []))
-        out.append(_Located(where, PlanProblem(prefix + _segment(child, i), field, message)))
+        out.append(Located(where, PlanProblem(prefix + _segment(child, i), field, message)))
 
     for i, child in members:
         name = child.get("name")
@@ -661,7 +377,7 @@ def _structure_group(
     if cycle is not None:
         loop = listed([_shown(n) for n in cycle], " -> ")
         where = PlanProblem(prefix.rstrip("/"), "needs", f"form a cycle: {loop}")
-        out.append(_Located((*base, len(children)), where))
+        out.append(Located((*base, len(children)), where))
     for i, child in members:
         grandchildren = child.get("subplans")
         if isinstance(grandchildren, list) and grandchildren:
@@ -673,4 +389,4 @@ def _structure_group(
 def _shown(name: str) -> str:
     """A name as it may appear in a message: as is when valid, else quoted and escaped (a name
     holding a control character must not break the one-problem-per-line output)."""
-    return name if re.fullmatch(NAME_PATTERN, name) else _show(name)
+    return name if re.fullmatch(NAME_PATTERN, name) else show(name)
