@@ -1,62 +1,5 @@
-"""`Delegator`: in-process background work with a handle, a hard cap and a completion queue.
-
-This module owns ONLY the lifecycle of delegations: admission (the cap), the tasks that run
-them (always inside a task group that its owner, or the `Delegator` itself, holds open),
-their one transition table, their events and the completion queue. It never queues work
-behind the cap, never persists anything and never lets a task outlive its `async with` block.
-
-    async with Delegator(run_plan=eng.run_plan, clock=eng.clock, bus=eng.bus) as delegator:
-        handle = delegator.delegate(fetch_report, goal="fetch the weekly report")
-        ...                                    # `delegate` returned at once; keep working
-        async for done in delegator.completions():
-            print(done.goal, done.status, done.result_summary or done.error)
-
-- `delegate()` is synchronous on purpose: the capacity check and the registration run without
-  an `await` between them, so concurrent callers can never exceed `max_concurrent_delegations`.
-  Call it from the event loop's thread.
-- Each delegation goes `running -> succeeded | failed | cancelled` (`DELEGATION_TRANSITIONS`);
-  every transition is a `DelegationStateChanged` on the bus, and the end is one
-  `DelegationCompleted`, put on the completion queue (each one reaches exactly one consumer)
-  and published on the bus. A completion that cannot be queued is logged and counted.
-- Errors, summaries and reasons are redacted (`engine.redaction`) before they leave this module.
-
-Wiring into `Engine` (for the integrator; `app.py` is the only module that builds one)
-------------------------------------------------------------------------------------
-1. Settings: `Engine.__init__(..., delegation: DelegationSettings | None = None)` keeps
-   `self._delegation_settings = delegation or DelegationSettings()` (or a `delegation` section
-   of `Settings`, env `ENGINE_DELEGATION_MAX_CONCURRENT_DELEGATIONS`, ...).
-2. `Engine.__aenter__` enters it on the engine's `AsyncExitStack` (`self._stack`; add one if
-   the store work has not), AFTER the store, so that it closes BEFORE the store (completions
-   of cancelled work are emitted while the store and the bus are still alive)::
-
-       self._delegator = await self._stack.enter_async_context(
-           Delegator(
-               run_plan=self.run_plan,          # (Plan | path) -> RunResult, events on self.bus
-               clock=self.clock,
-               bus=self.bus,
-               settings=self._delegation_settings,
-           )
-       )
-
-   If the engine runs its own task group (`self._tg`), pass `task_group=self._tg` and enter the
-   Delegator inside that group's block; the group must outlive the Delegator's block.
-   `Engine.__aexit__` needs nothing more: the stack closes the Delegator, which cancels running
-   work (reason "closing"), waits for it, emits its completions and ends `completions()`.
-3. Forwarders on `Engine` (each raises if the engine is not open)::
-
-       def delegate(self, work: Work, *, goal: str, context: Any = None,
-                    metadata: Mapping[str, Any] | None = None) -> DelegationHandle:
-           return self._delegator.delegate(work, goal=goal, context=context, metadata=metadata)
-       def completions(self) -> CompletionStream: return self._delegator.completions()
-       def delegations(self) -> list[DelegationHandle]: return self._delegator.delegations()
-       def interrupt_all(self, reason: str = "interrupted") -> int:
-           return self._delegator.interrupt_all(reason)
-       def delegation_statistics(self) -> DelegationStatistics:
-           return self._delegator.statistics()
-
-4. Exports from `engine`: Delegator, DelegationHandle, DelegationSettings, DelegationStatistics,
-   CompletionStream, DelegationState, DelegationStateChanged, DelegationCompleted,
-   DelegationRejected.
+"""`Delegator`: admission under the cap, the tasks that run delegations, their one transition
+table, their events and the completion queue (see the package docstring).
 """
 
 from __future__ import annotations
@@ -68,17 +11,19 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self, assert_never
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.lowlevel import checkpoint
-from pydantic import BaseModel, ConfigDict, Field
-from ulid import ULID
 
+from engine.delegation.handles import (
+    CompletionQueue,
+    CompletionStream,
+    DelegationHandle,
+    DelegationSettings,
+    DelegationStatistics,
+)
 from engine.domain.events import DelegationCompleted, DelegationStateChanged, Event
 from engine.domain.plan import Plan
 from engine.domain.results import RunResult
@@ -100,180 +45,6 @@ Work = AsyncWork | Plan | str | os.PathLike[str]
 CLOSE_REASON = "closing"
 MAX_TEXT = 2000
 SUMMARY_CHARS = 500
-
-
-class DelegationSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    #: Delegations running at once; one more is rejected, never queued.
-    max_concurrent_delegations: int = Field(default=3, ge=1)
-    #: Finished delegations kept for `delegations()`; the oldest finished are pruned first.
-    retention: int = Field(default=50, ge=0)
-    #: Completions waiting for a consumer; beyond this a completion is dropped (logged, counted).
-    completion_buffer: int = Field(default=1000, ge=1)
-
-
-@dataclass(frozen=True, slots=True)
-class DelegationStatistics:
-    capacity: int
-    running: int
-    #: Finished with `succeeded`.
-    completed: int
-    failed: int
-    cancelled: int
-    #: `delegate()` calls refused (at capacity or closing).
-    rejected: int
-    dispatched: int
-    #: Completions handed to a consumer of `completions()`.
-    delivered: int
-    #: Completions that could not be queued (buffer full or queue closed).
-    undelivered: int
-    pending_completions: int
-    #: Finished delegations still listed by `delegations()`.
-    retained: int
-    #: Bus subscribers that raised while receiving a delegation event.
-    publish_errors: int
-
-
-class DelegationHandle:
-    """One delegation, as its caller sees it. Only the `Delegator` changes its state."""
-
-    __slots__ = (
-        "_cancel_reason",
-        "_completion",
-        "_done",
-        "_exception",
-        "_scope",
-        "_seq",
-        "_state",
-        "_t0",
-        "context",
-        "dispatched_at",
-        "goal",
-        "id",
-        "metadata",
-        "work",
-    )
-
-    def __init__(
-        self, *, goal: str, work: str, context: Any, metadata: dict[str, Any], clock: Clock
-    ) -> None:
-        self.id = str(ULID())
-        self.goal = goal
-        self.work = work
-        self.context = context
-        self.metadata = metadata
-        self.dispatched_at: datetime = clock.now()
-        self._t0 = clock.monotonic()
-        self._state = DelegationState.RUNNING
-        self._scope = anyio.CancelScope()
-        self._done = anyio.Event()
-        self._cancel_reason: str | None = None
-        self._completion: DelegationCompleted | None = None
-        self._exception: BaseException | None = None
-        self._seq = 0
-
-    def __repr__(self) -> str:
-        return f"<DelegationHandle {self.id} {self._state.value} goal={self.goal!r}>"
-
-    @property
-    def state(self) -> DelegationState:
-        return self._state
-
-    @property
-    def done(self) -> bool:
-        return self._completion is not None
-
-    @property
-    def completion(self) -> DelegationCompleted | None:
-        """The completion event once finished (the same object the queue delivers)."""
-        return self._completion
-
-    @property
-    def exception(self) -> BaseException | None:
-        """The exception of failed work, unredacted and in-process only (for its traceback)."""
-        return self._exception
-
-    @property
-    def cancel_reason(self) -> str | None:
-        return self._cancel_reason
-
-    def cancel(self, reason: str = "cancelled") -> bool:
-        """Ask running work to stop; True if this call signalled it (the first reason wins)."""
-        if self._state is not DelegationState.RUNNING or self._cancel_reason is not None:
-            return False
-        self._cancel_reason = reason
-        self._scope.cancel()
-        return True
-
-    async def wait(self) -> DelegationCompleted:
-        """Wait for the end; does not take the completion off the queue."""
-        await self._done.wait()
-        assert self._completion is not None
-        return self._completion
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
-
-class _CompletionQueue:
-    """FIFO where each item goes to exactly one consumer; once closed it drains, then ends."""
-
-    def __init__(self, capacity: int) -> None:
-        self._items: deque[DelegationCompleted] = deque()
-        self._capacity = capacity
-        self._closed = False
-        self._changed = anyio.Event()
-        #: Items handed to a consumer.
-        self.delivered = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, item: DelegationCompleted) -> Literal["ok", "full", "closed"]:
-        if self._closed:
-            return "closed"
-        if len(self._items) >= self._capacity:
-            return "full"
-        self._items.append(item)
-        self._wake()
-        return "ok"
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def get(self) -> DelegationCompleted:
-        # Every await happens before an item is taken, so a cancelled consumer loses nothing.
-        await checkpoint()
-        while not self._items:
-            if self._closed:
-                raise anyio.EndOfStream
-            await self._changed.wait()
-        self.delivered += 1
-        return self._items.popleft()
-
-
-class CompletionStream:
-    """`async for completion in delegator.completions()`; ends once the Delegator is closed
-    and the queue is drained. Several streams may be consumed at once: each item goes to one."""
-
-    def __init__(self, queue: _CompletionQueue) -> None:
-        self._queue = queue
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> DelegationCompleted:
-        try:
-            return await self._queue.get()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
 
 
 class Delegator:
@@ -298,7 +69,7 @@ class Delegator:
         self._phase: Literal["new", "open", "closing", "closed"] = "new"
         self._stack = AsyncExitStack()
         self._group: TaskGroup | None = None
-        self._queue: _CompletionQueue | None = None
+        self._queue: CompletionQueue | None = None
         self._drained: anyio.Event | None = None
         self._handles: dict[str, DelegationHandle] = {}
         self._finished: deque[str] = deque()
@@ -310,7 +81,7 @@ class Delegator:
     async def __aenter__(self) -> Self:
         if self._phase != "new":
             raise RuntimeError("a Delegator can be opened only once")
-        self._queue = _CompletionQueue(self._settings.completion_buffer)
+        self._queue = CompletionQueue(self._settings.completion_buffer)
         if self._given_group is None:
             self._group = await self._stack.enter_async_context(anyio.create_task_group())
         else:
