@@ -122,9 +122,6 @@ class Engine:
         #: Closed first on exit, so cancelled delegated runs are still recorded.
         self._delegation_stack: AsyncExitStack | None = None
         self._logs: Path | None = None
-        #: The global level of each run's precedence chain, by (max_parallel, failure_mode):
-        #: frozen, so runs with the same values share one.
-        self._defaults: dict[tuple[int, FailureMode], ParallelExecutionConfig] = {}
 
     @property
     def store(self) -> Store:
@@ -398,13 +395,12 @@ class Engine:
         lock_wait: float = 0.0,
     ) -> PreparedRun:
         # A plan's own value beats these: they are the global level of the precedence chain.
-        cap = max_parallel if max_parallel is not None else self.settings.max_parallel
-        mode = FailureMode(failure_mode) if failure_mode is not None else self.settings.failure_mode
-        # Only an int is looked up: True or 2.0 would find 1's or 2's, and must be refused.
-        defaults = self._defaults.get((cap, mode)) if type(cap) is int else None
-        if defaults is None:
-            defaults = ParallelExecutionConfig(max_parallel=cap, failure_mode=mode)
-            self._defaults[(cap, mode)] = defaults
+        defaults = ParallelExecutionConfig(
+            max_parallel=max_parallel if max_parallel is not None else self.settings.max_parallel,
+            failure_mode=FailureMode(failure_mode)
+            if failure_mode is not None
+            else self.settings.failure_mode,
+        )
         run_id = new_id()
         tracker = SubplanTracker(
             run_id, plan.name, ((path, sub.kind) for path, sub in plan.walk()), clock=self.clock
