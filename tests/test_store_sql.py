@@ -192,7 +192,7 @@ async def test_a_started_sqlite_write_finishes_even_when_its_caller_is_cancelled
     try:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(partial(store._tx.run, work))
+                tg.start_soon(partial(store._tx.run, "recording", work))
                 await started.wait()
                 tg.cancel_scope.cancel()
                 go.set()

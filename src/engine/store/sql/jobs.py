@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -113,9 +113,8 @@ def _worker(row: RowMapping) -> WorkerRecord:
 
 
 class SqlJobs:
-    """Needs `_write_lock` from the store it is a base of (SQLite's in-process writer lock)."""
+    """Needs `_tx` (its write path) and `_location` from the store it is a base of."""
 
-    _write_lock: anyio.Lock
     _location: str
     _tx: Transactions
 
@@ -129,10 +128,6 @@ class SqlJobs:
             set_={c.name: new.excluded[c.name] for c in workers.c if c.name != "id"},
         )
 
-    def _jobs_writing(self) -> AbstractAsyncContextManager[Any]:
-        """SQLite's in-process writer lock; nothing on PostgreSQL (row locks suffice)."""
-        return self._write_lock if self._jobs_sqlite else nullcontext()
-
     async def _jobs_one(self, doing: str, statement: sa.Executable, params: Any = None) -> Any:
         """One statement in autocommit: its rows (fetched before the cursor closes) or its
         rowcount."""
@@ -142,9 +137,7 @@ class SqlJobs:
         self, doing: str, work: Callable[[Connection], T], *, transaction: bool = True
     ) -> T:
         """`work` in one short transaction (`transaction=False`: in autocommit)."""
-        async with self._jobs_writing():
-            with translated(self._location, doing):
-                return await self._tx.run(work, transaction=transaction)
+        return await self._tx.run(doing, work, transaction=transaction)
 
     async def _jobs_read(self, doing: str, query: sa.Executable) -> list[RowMapping]:
         with translated(self._location, doing):

@@ -25,11 +25,9 @@ answered on its own. A batch never holds the same lock twice, so its rows cannot
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
 from datetime import datetime
 from typing import Any, TypeVar
 
-import anyio
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
@@ -114,15 +112,13 @@ def _resources(rows: list[RowMapping]) -> list[Resource]:
 
 
 class SqlLocks:
-    """Needs `_write_lock` from the store it is a base of (SQLite's in-process writer lock)."""
+    """Needs `_tx` from the store it is a base of (its write path)."""
 
-    _write_lock: anyio.Lock
     _tx: Transactions
 
     def __init__(self, engine: AsyncEngine, location: str) -> None:
         self._engine = engine
         self._location = location
-        self._serialize_locks = engine.dialect.name == "sqlite"
         self._acquire = acquire_statement(engine.dialect.name)
         self._acquires: GroupCommit[LockRecord, LockRecord | None] = GroupCommit(
             self._acquire_batch, _key_of_claim
@@ -131,17 +127,12 @@ class SqlLocks:
             self._release_batch, lambda request: _key(request[0])
         )
 
-    def _writing(self) -> AbstractAsyncContextManager[Any]:
-        return self._write_lock if self._serialize_locks else nullcontext()
-
     async def _write(self, doing: str, statement: sa.Executable, params: Any = None) -> Any:
         """One statement in autocommit; its rows, fetched before the cursor closes."""
         return await self._autocommit(doing, single(statement, params))
 
     async def _autocommit(self, doing: str, work: Callable[[Connection], T]) -> T:
-        async with self._writing():
-            with translated(self._location, doing):
-                return await self._tx.run(work, transaction=False)
+        return await self._tx.run(doing, work, transaction=False)
 
     async def acquire_lock(self, claim: LockRecord) -> LockRecord | None:
         return await self._acquires.submit(claim)

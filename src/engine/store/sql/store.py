@@ -94,12 +94,11 @@ def _placeholders(paramstyle: str) -> Callable[[int], list[str]]:
 
 class SqlStore(SqlLocks, SqlJobs):
     def __init__(self, engine: AsyncEngine, location: str) -> None:
-        self._tx = Transactions(engine)
+        self._tx = Transactions(engine, location)
         super().__init__(engine, location)
         SqlJobs.__init__(self, engine)
         self._engine = engine
         self._location = location
-        self._write_lock = anyio.Lock()
         self._hot = _HotStatements(engine.dialect)
 
     @property
@@ -116,10 +115,7 @@ class SqlStore(SqlLocks, SqlJobs):
         # The rows are built here, on the event loop's thread; the transaction's thread only
         # sends them. Python run there holds the GIL against the event loop (a 10,000-step
         # run's flush would stall its dispatcher).
-        work = self._statements(changes)
-        async with self._write_lock:
-            with translated(self._location, "recording"):
-                await self._tx.run(work)
+        await self._tx.run("recording", self._statements(changes), serialize=True)
 
     def _statements(self, changes: Changes) -> Callable[[Connection], None]:
         """The writes of `changes`, as the work of one transaction."""
@@ -190,10 +186,7 @@ class SqlStore(SqlLocks, SqlJobs):
                 )
             return lost
 
-        async with self._write_lock:
-            with translated(self._location, "failing lost runs"):
-                lost = await self._tx.run(abandon)
-        return sorted(lost)
+        return sorted(await self._tx.run("failing lost runs", abandon, serialize=True))
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         query = sa.select(*_RUN_COLUMNS).where(runs.c.id == run_id)

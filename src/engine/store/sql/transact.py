@@ -15,13 +15,16 @@ written as synchronous functions of a SQLAlchemy `Connection` and run here:
   connection can see), through the async engine's `run_sync`: the same function, with the
   driver's own async I/O.
 
-Callers serialize SQLite writes (the store's write lock); the limiter keeps the one sync
-connection to one thread at a time regardless.
+On SQLite every write of the process takes one lock first (the file has one writer at a time:
+waiting in the process is cheaper than waiting in `busy_timeout`); on PostgreSQL only the
+recorder's batches do (`serialize=True`: one writer path for runs), while claims, completions
+and locks rely on row locks. Driver errors become `StoreError`s here (`translated`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import anyio
@@ -30,13 +33,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Executable
 
 from engine.store.sql.engine import autocommit, sqlite_path, sync_sqlite_engine, writer
+from engine.store.sql.errors import translated
 
 T = TypeVar("T")
 
 
 class Transactions:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, location: str) -> None:
         sqlite = engine.dialect.name == "sqlite"
+        self._location = location
+        self._serialize = sqlite
+        #: Held around every write on SQLite, and around `serialize=True` writes anywhere.
+        self._write_lock = anyio.Lock()
         self._async_tx = writer(engine)
         self._async_auto = (
             autocommit(engine) if sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -48,10 +56,23 @@ class Transactions:
             self._sync_auto = autocommit(self._sync)
         self._limiter = anyio.CapacityLimiter(1)
 
-    async def run(self, work: Callable[[Connection], T], *, transaction: bool = True) -> T:
+    async def run(
+        self,
+        doing: str,
+        work: Callable[[Connection], T],
+        *,
+        transaction: bool = True,
+        serialize: bool = False,
+    ) -> T:
         """`work(conn)` in one transaction (`BEGIN IMMEDIATE` on SQLite), committed when it
         returns and rolled back if it raises; `transaction=False`: in autocommit (each
-        statement commits on its own: single statements)."""
+        statement commits on its own: single statements). `doing` names it in errors."""
+        lock = self._write_lock if serialize or self._serialize else nullcontext()
+        async with lock:
+            with translated(self._location, doing):
+                return await self._run(work, transaction)
+
+    async def _run(self, work: Callable[[Connection], T], transaction: bool) -> T:
         if self._sync is None:
             engine = self._async_tx if transaction else self._async_auto
             async with engine.begin() as conn:
