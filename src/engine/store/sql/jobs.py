@@ -37,7 +37,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import sqlalchemy as sa
@@ -49,7 +49,7 @@ from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord, lost_
 from engine.domain.states import TERMINAL_JOB_STATUSES, AsyncJobStatus
 from engine.store.sql.errors import translated
 from engine.store.sql.tables import jobs, workers
-from engine.store.sql.transact import Transactions, single
+from engine.store.sql.transact import Transactions
 
 logger = logging.getLogger("engine.worker")
 
@@ -62,7 +62,6 @@ _UNLISTEN_TIMEOUT = 5.0
 _QUEUED, _RUNNING = AsyncJobStatus.QUEUED.value, AsyncJobStatus.RUNNING.value
 _TERMINAL = [s.value for s in TERMINAL_JOB_STATUSES]
 _B = sa.bindparam
-T = TypeVar("T")
 
 #: A worker's write for a job it claimed, fenced by its token (see the module docstring).
 _FINISH = (
@@ -128,17 +127,6 @@ class SqlJobs:
             set_={c.name: new.excluded[c.name] for c in workers.c if c.name != "id"},
         )
 
-    async def _jobs_one(self, doing: str, statement: sa.Executable, params: Any = None) -> Any:
-        """One statement in autocommit: its rows (fetched before the cursor closes) or its
-        rowcount."""
-        return await self._jobs_transaction(doing, single(statement, params), transaction=False)
-
-    async def _jobs_transaction(
-        self, doing: str, work: Callable[[Connection], T], *, transaction: bool = True
-    ) -> T:
-        """`work` in one short transaction (`transaction=False`: in autocommit)."""
-        return await self._tx.run(doing, work, transaction=transaction)
-
     async def _jobs_read(self, doing: str, query: sa.Executable) -> list[RowMapping]:
         with translated(self._location, doing):
             async with self._jobs_engine.connect() as conn:
@@ -155,7 +143,7 @@ class SqlJobs:
             conn.execute(sa.insert(jobs), rows)
             self._notify(conn)
 
-        await self._jobs_transaction("enqueueing jobs", enqueue)
+        await self._tx.run("enqueueing jobs", enqueue)
 
     async def claim_jobs(self, worker_id: str, now: datetime, limit: int) -> list[AsyncJob]:
         oldest = (
@@ -182,7 +170,7 @@ class SqlJobs:
             )
             .returning(*jobs.c)
         )
-        rows = await self._jobs_one("claiming jobs", claim)
+        rows = await self._tx.one("claiming jobs", claim)
         return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
     async def heartbeat(self, worker: WorkerRecord) -> list[JobBeat]:
@@ -199,7 +187,7 @@ class SqlJobs:
             conn.execute(self._upsert_worker, row)
             return beats
 
-        beats = await self._jobs_transaction("writing a heartbeat", write)
+        beats = await self._tx.run("writing a heartbeat", write)
         return sorted(beats, key=lambda b: b.job_id)
 
     async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[str]:
@@ -210,7 +198,7 @@ class SqlJobs:
                 applied.extend(self._finish(conn, outcomes[start : start + _CHUNK]))
             return applied
 
-        return await self._jobs_transaction("recording job outcomes", finish)
+        return await self._tx.run("recording job outcomes", finish)
 
     def _finish(self, conn: Connection, outcomes: Sequence[JobOutcome]) -> list[str]:
         """Two statements per batch: read the claims (locking them on PostgreSQL; SQLite's
@@ -248,7 +236,7 @@ class SqlJobs:
         )
         # In this order: a job claimed between the two statements is caught by the second.
         for statement in (at_once, ask):
-            rows = await self._jobs_one(f"cancelling job {job_id}", statement)
+            rows = await self._tx.one(f"cancelling job {job_id}", statement)
             if rows:
                 return _job(rows[0])
         return await self.get_job(job_id)
@@ -268,7 +256,7 @@ class SqlJobs:
                 self._notify(conn)
             return rescued
 
-        return await self._jobs_transaction("rescuing stuck jobs", rescue)
+        return await self._tx.run("rescuing stuck jobs", rescue)
 
     @staticmethod
     def _rescue(
@@ -299,12 +287,12 @@ class SqlJobs:
 
     async def delete_finished_jobs(self, before: datetime) -> int:
         statement = sa.delete(jobs).where(jobs.c.status.in_(_TERMINAL), jobs.c.finished_at < before)
-        count: int = await self._jobs_one("deleting finished jobs", statement)
+        count: int = await self._tx.one("deleting finished jobs", statement)
         return count
 
     async def forget_workers(self, seen_before: datetime, *, worker_id: str | None = None) -> int:
         which = workers.c.id == worker_id if worker_id else workers.c.last_heartbeat < seen_before
-        count: int = await self._jobs_one("forgetting workers", sa.delete(workers).where(which))
+        count: int = await self._tx.one("forgetting workers", sa.delete(workers).where(which))
         return count
 
     # -- notifications (PostgreSQL) --------------------------------------------------------

@@ -24,9 +24,8 @@ answered on its own. A batch never holds the same lock twice, so its rows cannot
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -37,7 +36,7 @@ from engine.domain.lock import LockKind, LockRecord, Resource
 from engine.store.sql.batch import GroupCommit
 from engine.store.sql.errors import translated
 from engine.store.sql.tables import locks
-from engine.store.sql.transact import Transactions, single
+from engine.store.sql.transact import Transactions
 
 _KEY = (locks.c.resource_type, locks.c.resource_id)
 _MINE = sa.tuple_(locks.c.resource_type, locks.c.resource_id, locks.c.owner_id).in_(
@@ -53,7 +52,6 @@ _RELEASE_ONE_LEVEL = (
 )
 
 Key = tuple[str, str]
-T = TypeVar("T")
 
 
 def acquire_statement(dialect: str) -> sa.Insert:
@@ -127,13 +125,6 @@ class SqlLocks:
             self._release_batch, lambda request: _key(request[0])
         )
 
-    async def _write(self, doing: str, statement: sa.Executable, params: Any = None) -> Any:
-        """One statement in autocommit; its rows, fetched before the cursor closes."""
-        return await self._autocommit(doing, single(statement, params))
-
-    async def _autocommit(self, doing: str, work: Callable[[Connection], T]) -> T:
-        return await self._tx.run(doing, work, transaction=False)
-
     async def acquire_lock(self, claim: LockRecord) -> LockRecord | None:
         return await self._acquires.submit(claim)
 
@@ -154,7 +145,8 @@ class SqlLocks:
         ]
         doing = f"acquiring lock {claims[0].resource}" if len(claims) == 1 else "acquiring locks"
         taken = {
-            _key(r.resource): r for r in map(_record, await self._write(doing, self._acquire, rows))
+            _key(r.resource): r
+            for r in map(_record, await self._tx.one(doing, self._acquire, rows))
         }
         answers: list[LockRecord | None] = []
         for claim in claims:
@@ -173,7 +165,7 @@ class SqlLocks:
             .values(expires_at=expires_at)
             .returning(*locks.c)
         )
-        rows = await self._write(f"renewing lock {resource}", statement)
+        rows = await self._tx.one(f"renewing lock {resource}", statement)
         return _record(rows[0]) if rows else None
 
     async def release_lock(self, resource: Resource, owner_id: str) -> int | None:
@@ -203,22 +195,22 @@ class SqlLocks:
                     break
             return left
 
-        left = await self._autocommit(doing, release)
+        left = await self._tx.run(doing, release, transaction=False)
         return [left.get(_key(resource)) for resource, _owner in requests]
 
     async def release_locks_of(self, owner_id: str) -> list[Resource]:
         statement = sa.delete(locks).where(locks.c.owner_id == owner_id).returning(*_KEY)
-        rows = await self._write("releasing an owner's locks", statement)
+        rows = await self._tx.one("releasing an owner's locks", statement)
         return _resources(rows)
 
     async def delete_lock(self, resource: Resource) -> LockRecord | None:
         statement = sa.delete(locks).where(_is(resource)).returning(*locks.c)
-        rows = await self._write(f"removing lock {resource}", statement)
+        rows = await self._tx.one(f"removing lock {resource}", statement)
         return _record(rows[0]) if rows else None
 
     async def delete_expired_locks(self, now: datetime) -> list[Resource]:
         statement = sa.delete(locks).where(locks.c.expires_at <= now).returning(*_KEY)
-        rows = await self._write("purging expired locks", statement)
+        rows = await self._tx.one("purging expired locks", statement)
         return _resources(rows)
 
     async def count_expired_locks(self, now: datetime) -> int:

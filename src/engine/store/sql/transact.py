@@ -72,6 +72,16 @@ class Transactions:
             with translated(self._location, doing):
                 return await self._run(work, transaction)
 
+    async def one(self, doing: str, statement: Executable, params: Any = None) -> Any:
+        """One statement in autocommit: its rows (fetched before the cursor closes) or its row
+        count."""
+
+        def work(conn: Connection) -> list[RowMapping] | int:
+            result = conn.execute(statement, params)
+            return list(result.mappings().all()) if result.returns_rows else result.rowcount
+
+        return await self.run(doing, work, transaction=False)
+
     async def _run(self, work: Callable[[Connection], T], transaction: bool) -> T:
         if self._sync is None:
             engine = self._async_tx if transaction else self._async_auto
@@ -88,14 +98,3 @@ class Transactions:
 def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     with engine.begin() as conn:
         return work(conn)
-
-
-def single(statement: Executable, params: Any = None) -> Callable[[Connection], Any]:
-    """The work of one statement: its rows (fetched before the cursor closes) or its row
-    count."""
-
-    def work(conn: Connection) -> list[RowMapping] | int:
-        result = conn.execute(statement, params)
-        return list(result.mappings().all()) if result.returns_rows else result.rowcount
-
-    return work
