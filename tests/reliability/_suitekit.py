@@ -164,14 +164,7 @@ class Child:
         """SIGTERM and wait (SIGKILL after `timeout`): the exit code (-9 if it had to be killed)."""
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            code = -9
-        self._close()
-        return code
+        return self.wait(timeout)
 
     def wait(self, timeout: float) -> int:
         """Wait for it to exit on its own; SIGKILL after `timeout` (then -9)."""
