@@ -30,7 +30,6 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
-from ulid import ULID
 
 from engine.config import DEFAULT_DATABASE_URL, Settings, load_settings
 from engine.delegation import (
@@ -52,6 +51,7 @@ from engine.errors import (
     RunNotFoundError,
 )
 from engine.events import EventBus
+from engine.ids import new_id
 from engine.jobs.service import JobService
 from engine.locks.enforce import SubplanLocks, declares_locks
 from engine.locks.service import LockService
@@ -67,10 +67,6 @@ from engine.worker import WorkerPool, WorkerSettings
 logger = logging.getLogger("engine")
 
 PlanSource = Plan | str | os.PathLike[str]
-
-
-def new_id() -> str:
-    return str(ULID())
 
 
 def database_url_for(settings: Settings) -> str:

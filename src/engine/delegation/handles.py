@@ -13,10 +13,10 @@ from typing import Any, Literal, Self
 import anyio
 from anyio.lowlevel import checkpoint
 from pydantic import BaseModel, ConfigDict, Field
-from ulid import ULID
 
 from engine.domain.events import DelegationCompleted
 from engine.domain.states import DelegationState
+from engine.ids import new_id
 from engine.ports.clock import Clock
 
 
@@ -76,7 +76,7 @@ class DelegationHandle:
     def __init__(
         self, *, goal: str, work: str, context: Any, metadata: dict[str, Any], clock: Clock
     ) -> None:
-        self.id = str(ULID())
+        self.id = new_id()
         self.goal = goal
         self.work = work
         self.context = context

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from ulid import ULID
 
 from engine.domain.plan import Plan
 from engine.domain.states import TERMINAL_JOB_STATUSES, VALID_JOB_TRANSITIONS, AsyncJobStatus
 from engine.errors import EngineError, InvalidJobTransitionError, JobPayloadError
+from engine.ids import new_id
 
 #: The payload version this engine writes and the only one it reads.
 JOB_PAYLOAD_VERSION = 1
@@ -79,7 +79,7 @@ class AsyncJob(BaseModel):
     ) -> AsyncJob:
         """A queued job for `plan` (validated already: it is a `Plan`)."""
         return cls(
-            id=str(ULID()),
+            id=new_id(),
             status=AsyncJobStatus.QUEUED,
             plan_name=plan.name,
             payload=serialize_job_payload(plan, workdir),
@@ -208,4 +208,4 @@ def lost_worker_message(worker_id: str | None, last_seen: datetime, now: datetim
 
 def new_worker_id() -> str:
     """`host:pid:ulid`: unique per worker pool, readable in `jobs show` and `diagnostics`."""
-    return f"{socket.gethostname()[:64]}:{os.getpid()}:{ULID()}"
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{new_id()}"
