@@ -4,6 +4,8 @@ flushed on cancellation, retried after a failed write, and nothing run without a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,13 @@ import pytest
 
 import storesteps
 from engine.app import Engine
+from engine.dispatch.tracker import SubplanTracker
 from engine.domain.plan import Plan
-from engine.domain.states import RunState, SubplanState
+from engine.domain.states import FailureMode, RunState, SubplanState
 from engine.errors import StoreError
-from engine.ports.store import Changes
-from engine.recorder import Recorder
+from engine.ports.clock import SystemClock
+from engine.ports.store import Changes, RunRecord
+from engine.recorder import Recorder, _Recording
 from engine.store import MemoryStore
 from engine.testing import settings_for_test
 
@@ -224,3 +228,30 @@ async def test_an_engine_that_was_not_opened_opens_itself_for_a_run(tmp_path: Pa
     stored = await eng.store.get_run(result.run_id)
     assert stored is not None
     assert stored.state is RunState.COMPLETED
+
+
+def test_a_run_snapshot_keeps_every_field_of_its_first_record() -> None:
+    """The snapshot is built field by field (not with `dataclasses.replace`): a field added to
+    RunRecord must not be dropped from the stored run."""
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    base = RunRecord(
+        id="r1",
+        plan_name="p",
+        state=RunState.PENDING,
+        created_at=at,
+        max_parallel=3,
+        failure_mode=FailureMode.CONTINUE_ON_ERROR,
+        plan_digest="d",
+        plan_source="/x/p.yaml",
+        project="proj",
+        resumed_from="r0",
+    )
+    tracker = SubplanTracker("r1", "p", [], clock=SystemClock())
+    tracker.set_run_state(RunState.RUNNING)
+    snapshot = _Recording(base, tracker, {}).snapshot_run()
+    from_tracker = {"state", "started_at", "finished_at", "duration", "error"}
+    for f in fields(RunRecord):
+        if f.name not in from_tracker:
+            assert getattr(snapshot, f.name) == getattr(base, f.name), f.name
+    assert snapshot.state is RunState.RUNNING
+    assert snapshot.started_at == tracker.run_started_at
