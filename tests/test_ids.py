@@ -30,6 +30,12 @@ def test_a_batch_shares_its_timestamp_and_nothing_else() -> None:
     assert new_ids(0) == []
 
 
+def test_ids_made_in_one_millisecond_still_increase() -> None:
+    made = [new_id() for _ in range(2000)] + new_ids(500) + [new_id() for _ in range(10)]
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)
+
+
 def test_ids_made_later_sort_later() -> None:
     first = new_id()
     deadline = time.monotonic() + 5

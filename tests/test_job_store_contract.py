@@ -102,6 +102,33 @@ async def test_a_job_handed_back_is_queued_again_and_the_old_token_is_dead(store
     assert await store.finish_jobs([outcome(second)]) == [second.id]
 
 
+async def test_finish_and_claim_applies_the_outcomes_then_claims(store: Store) -> None:
+    first, second, third = sorted(jobs(3), key=lambda j: j.id)
+    await store.enqueue_jobs([first, second, third])
+    (a,) = await store.claim_jobs("w1", T0, 1)
+    stale = outcome(a.model_copy(update={"attempts": 0}))
+    applied, claimed = await store.finish_and_claim([outcome(a), stale], "w1", T0, 5)
+    assert applied == [a.id]  # the stale one was fenced off
+    assert (await get(store, a.id)).status is S.SUCCEEDED
+    assert [j.id for j in claimed] == [second.id, third.id]
+    assert all((j.status, j.worker_id, j.attempts) == (S.RUNNING, "w1", 1) for j in claimed)
+    # Without outcomes it is a claim; with an empty queue it still writes the outcomes.
+    assert await store.finish_and_claim([], "w1", T0, 5) == ([], [])
+    done = [outcome(j, S.FAILED) for j in claimed]
+    applied, claimed = await store.finish_and_claim(done, "w1", T0, 5)
+    assert (sorted(applied), claimed) == (sorted(o.job_id for o in done), [])
+    counts = await store.count_jobs()
+    assert counts == {**dict.fromkeys(S, 0), S.SUCCEEDED: 1, S.FAILED: 2}
+
+
+async def test_a_job_handed_back_by_finish_and_claim_can_be_claimed_by_it(store: Store) -> None:
+    await store.enqueue_jobs(jobs(1))
+    (job,) = await store.claim_jobs("w1", T0, 1)
+    applied, claimed = await store.finish_and_claim([outcome(job, S.QUEUED)], "w1", T0, 1)
+    assert applied == [job.id]
+    assert [(j.id, j.attempts) for j in claimed] == [(job.id, 2)]
+
+
 async def test_heartbeat_covers_the_workers_running_jobs_and_reports_cancel(store: Store) -> None:
     await store.enqueue_jobs(jobs(3))
     a, b = await store.claim_jobs("w1", T0, 2)

@@ -198,6 +198,14 @@ class JobStore(Protocol):
         the jobs as claimed, oldest first. Each job goes to exactly one claimer."""
         ...
 
+    async def finish_and_claim(
+        self, outcomes: Sequence[JobOutcome], worker_id: str, now: datetime, limit: int
+    ) -> tuple[list[str], list[AsyncJob]]:
+        """`finish_jobs(outcomes)` and then `claim_jobs(worker_id, now, limit)` in ONE
+        transaction: the ids applied and the jobs claimed. A worker's finished jobs ride on its
+        next claim (one write instead of two); if it fails, neither happened."""
+        ...
+
     async def heartbeat(self, worker: WorkerRecord) -> list[JobBeat]:
         """Record `worker` (its row for `diagnostics`) and set `last_heartbeat` of every job it
         runs (one statement for all of them); the jobs it holds now, with their tokens and

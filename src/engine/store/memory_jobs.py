@@ -64,6 +64,12 @@ class MemoryJobs:
             for i in queued
         ]
 
+    async def finish_and_claim(
+        self, outcomes: Sequence[JobOutcome], worker_id: str, now: datetime, limit: int
+    ) -> tuple[list[str], list[AsyncJob]]:
+        # No await point in either: as atomic as one transaction.
+        return await self.finish_jobs(outcomes), await self.claim_jobs(worker_id, now, limit)
+
     async def heartbeat(self, worker: WorkerRecord) -> list[JobBeat]:
         now = _utc(worker.last_heartbeat)
         self._workers[worker.id] = worker

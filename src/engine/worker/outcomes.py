@@ -1,16 +1,19 @@
 """`OutcomeWriter`: a worker's job outcomes, written behind in batches (group commit).
 
-A finished job frees its slot at once; its outcome waits here until the writer task writes
-everything that accumulated in one `finish_jobs` call (one transaction). A write that fails
-keeps its outcomes for the next attempt (backing off). Each outcome is fenced by the store: one
-that is not applied belongs to a claim this worker lost, and is counted as such.
+A finished job frees its slot at once; its outcome waits here until it is written, with
+everything else that accumulated, in one transaction: usually the pool's next claim carries
+them (`carry`: `finish_and_claim`, one write instead of two, since the slot that freed is
+claimed again within milliseconds); the writer task writes whatever no claim took within
+`HOLD` seconds (`finish_jobs`), and at once when the pool flushes. A write that fails keeps its
+outcomes for the next attempt (backing off). Each outcome is fenced by the store: one that is
+not applied belongs to a claim this worker lost, and is counted as such.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import assert_never
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar, assert_never
 
 import anyio
 
@@ -23,6 +26,11 @@ from engine.worker.models import WorkerHealthReport
 logger = logging.getLogger("engine.worker")
 
 MAX_BACKOFF = 5.0
+#: How long outcomes wait for a claim to carry them before the writer task writes them itself.
+#: Longer than the pool's claim coalescing (`pool.COALESCE`), so a claim usually comes first.
+HOLD = 0.02
+
+T = TypeVar("T")
 
 
 class OutcomeWriter:
@@ -37,6 +45,8 @@ class OutcomeWriter:
         self._on_outcome = on_outcome
         self._pending: list[JobOutcome] = []
         self._arrived = anyio.Event()
+        #: Set when the outcomes must be written now (a flush waits).
+        self._urgent = anyio.Event()
         #: Set (and replaced) after every write attempt.
         self._progress = anyio.Event()
         self._writing = False
@@ -51,9 +61,12 @@ class OutcomeWriter:
         """The writer task (runs until cancelled)."""
         while True:
             await self._arrived.wait()
-            self._arrived = anyio.Event()
+            if not self._urgent.is_set():
+                with anyio.move_on_after(HOLD):  # a claim may carry them meanwhile
+                    await self._urgent.wait()
+            self._arrived, self._urgent = anyio.Event(), anyio.Event()
             try:
-                await self._write()
+                await self._write(self._finish)
             except StoreError as exc:
                 logger.warning("recording job outcomes failed (will retry): %s", exc)
                 await anyio.sleep(min(MAX_BACKOFF, 0.05 * 2**self._failures))
@@ -65,23 +78,61 @@ class OutcomeWriter:
             while self._pending or self._writing:
                 progress = self._progress
                 self._arrived.set()
+                self._urgent.set()
                 await progress.wait()
+
+    async def carry(
+        self, write: Callable[[Sequence[JobOutcome]], Awaitable[tuple[list[str], T]]]
+    ) -> T:
+        """Run `write` (a claim) with the outcomes waiting now, which it writes in its own
+        transaction: it returns the ids applied and its own answer, which is returned here.
+        Outcomes already being written are not waited for. If it raises, the outcomes stay
+        here for the next write."""
+        answer: list[T] = []
+
+        async def send(batch: Sequence[JobOutcome]) -> list[str]:
+            applied, result = await write(batch)
+            answer.append(result)
+            return applied
+
+        try:
+            await self._write(send, allow_empty=True)
+        except BaseException:
+            self._arrived.set()  # the writer task tries them again (after HOLD)
+            raise
+        return answer[0]
 
     async def drain(self) -> None:
         """Write what is left once, from outside the writer task (the pool is stopping)."""
         if self._pending and not self._writing:
             try:
-                await self._write()
+                await self._write(self._finish)
             except StoreError as exc:
                 logger.error("%d job outcome(s) could not be recorded: %s", len(self._pending), exc)
 
-    async def _write(self) -> None:
-        batch, self._pending = self._pending, []
+    async def _finish(self, batch: Sequence[JobOutcome]) -> list[str]:
+        return await self._store.finish_jobs(batch)
+
+    async def _write(
+        self,
+        send: Callable[[Sequence[JobOutcome]], Awaitable[list[str]]],
+        *,
+        allow_empty: bool = False,
+    ) -> None:
+        """Send the waiting outcomes (none while another write is sending some) and account
+        for the answer."""
+        if self._writing:
+            batch: list[JobOutcome] = []
+        else:
+            batch, self._pending = self._pending, []
+        if not batch and not allow_empty:
+            return
         if not batch:
+            await send(batch)
             return
         self._writing = True
         try:
-            applied = set(await self._store.finish_jobs(batch))
+            applied = set(await send(batch))
         except BaseException:
             # Failed or cancelled mid-write: keep the batch. Writing it again is harmless (an
             # outcome already applied is fenced off the second time).

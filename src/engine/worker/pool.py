@@ -1,9 +1,10 @@
 """`WorkerPool`: claims background jobs and runs up to `concurrency` of them at once.
 
-This module owns the worker's lifecycle: claiming (batches, as many as there are free slots),
-heartbeats (one store call for all of its jobs), what a heartbeat reveals (a cancel request, a
-claim lost to another worker), stuck detection and TTL cleanup on behalf of every worker,
-self-fencing, batched completion writes, and graceful shutdown. The transitions it writes are
+This module owns the worker's lifecycle: claiming (batches, as many as there are free slots,
+in the same transaction as the outcomes of the jobs that freed them), heartbeats (one store
+call for all of its jobs), what a heartbeat reveals (a cancel request, a claim lost to another
+worker), stuck detection and TTL cleanup on behalf of every worker, self-fencing, batched
+completion writes, and graceful shutdown. The transitions it writes are
 announced (`JobService.announce`) once their write succeeded, one event per job. Running one job is
 `engine.worker.runner`; the queue's atomicity is the store's (`JobStore`). Structured
 concurrency only: `await task_group.start(pool.run)` runs it inside an application's task
@@ -17,6 +18,7 @@ import os
 import socket
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -139,8 +141,15 @@ class WorkerPool:
                         await self._wait_for_wake(None)
                 free = concurrency - len(self._running)
             self._wake = anyio.Event()
+            claim = partial(
+                self._store.finish_and_claim,
+                worker_id=self.worker_id,
+                now=self.clock.now(),
+                limit=free,
+            )
             try:
-                claimed = await self._store.claim_jobs(self.worker_id, self.clock.now(), free)
+                # The outcomes of the jobs whose slots freed go in the same transaction.
+                claimed = await self._writer.carry(claim)
             except StoreError as exc:
                 self._report.store_errors += 1
                 logger.warning("worker %s: claiming failed: %s", self.worker_id, exc)

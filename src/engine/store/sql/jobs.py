@@ -107,6 +107,11 @@ def _job(row: RowMapping) -> AsyncJob:
     return AsyncJob.model_validate(dict(row))
 
 
+def _claimed(rows: Sequence[RowMapping]) -> list[AsyncJob]:
+    """Claimed rows as jobs, oldest first."""
+    return sorted((_job(r) for r in rows), key=lambda j: j.id)
+
+
 def _worker(row: RowMapping) -> WorkerRecord:
     return WorkerRecord(**dict(row))
 
@@ -146,6 +151,25 @@ class SqlJobs:
         await self._tx.run("enqueueing jobs", enqueue)
 
     async def claim_jobs(self, worker_id: str, now: datetime, limit: int) -> list[AsyncJob]:
+        rows = await self._tx.one("claiming jobs", self._claim(worker_id, now, limit))
+        return _claimed(rows)
+
+    async def finish_and_claim(
+        self, outcomes: Sequence[JobOutcome], worker_id: str, now: datetime, limit: int
+    ) -> tuple[list[str], list[AsyncJob]]:
+        if not outcomes:  # the claim alone: one statement, no transaction around it
+            return [], await self.claim_jobs(worker_id, now, limit)
+        claim = self._claim(worker_id, now, limit)
+
+        def both(conn: Connection) -> tuple[list[str], list[RowMapping]]:
+            applied = self._finish_all(conn, outcomes)
+            return applied, list(conn.execute(claim).mappings().all())
+
+        applied, rows = await self._tx.run("recording job outcomes and claiming jobs", both)
+        return applied, _claimed(rows)
+
+    def _claim(self, worker_id: str, now: datetime, limit: int) -> sa.Update:
+        """The claim: one statement, `UPDATE … RETURNING` of the oldest queued jobs."""
         oldest = (
             sa.select(jobs.c.id).where(jobs.c.status == _QUEUED).order_by(jobs.c.id).limit(limit)
         )
@@ -157,7 +181,7 @@ class SqlJobs:
             # PostgreSQL may re-run it per row and claim more than `limit` jobs.
             cte = oldest.with_for_update(skip_locked=True).cte("picked")
             picked = sa.select(cte.prefix_with("MATERIALIZED").c.id)
-        claim = (
+        return (
             sa.update(jobs)
             .where(jobs.c.id.in_(picked), jobs.c.status == _QUEUED)
             .values(
@@ -170,8 +194,6 @@ class SqlJobs:
             )
             .returning(*jobs.c)
         )
-        rows = await self._tx.one("claiming jobs", claim)
-        return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
     async def heartbeat(self, worker: WorkerRecord) -> list[JobBeat]:
         beat = (
@@ -191,14 +213,15 @@ class SqlJobs:
         return sorted(beats, key=lambda b: b.job_id)
 
     async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[str]:
+        return await self._tx.run(
+            "recording job outcomes", lambda conn: self._finish_all(conn, outcomes)
+        )
 
-        def finish(conn: Connection) -> list[str]:
-            applied: list[str] = []
-            for start in range(0, len(outcomes), _CHUNK):
-                applied.extend(self._finish(conn, outcomes[start : start + _CHUNK]))
-            return applied
-
-        return await self._tx.run("recording job outcomes", finish)
+    def _finish_all(self, conn: Connection, outcomes: Sequence[JobOutcome]) -> list[str]:
+        applied: list[str] = []
+        for start in range(0, len(outcomes), _CHUNK):
+            applied.extend(self._finish(conn, outcomes[start : start + _CHUNK]))
+        return applied
 
     def _finish(self, conn: Connection, outcomes: Sequence[JobOutcome]) -> list[str]:
         """Two statements per batch: read the claims (locking them on PostgreSQL; SQLite's
