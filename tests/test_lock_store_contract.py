@@ -148,6 +148,44 @@ async def test_release_locks_of_an_owner_removes_all_of_them(store: Store) -> No
     assert await store.release_locks_of(A.id) == []
 
 
+async def test_releases_made_together_are_each_answered_on_their_own(store: Store) -> None:
+    """Concurrent releases of different locks (one batch on the SQL stores): one frees its lock,
+    one counts it down, one finds it not held."""
+    cache = Resource(LockKind.RESOURCE, "cache")
+    await store.acquire_lock(claim(A, resource=PLAN))
+    await store.acquire_lock(claim(A, resource=DB))
+    await store.acquire_lock(claim(A, resource=DB))
+    answers: dict[Resource, int | None] = {}
+
+    async def release(resource: Resource) -> None:
+        answers[resource] = await store.release_lock(resource, A.id)
+
+    async with anyio.create_task_group() as tg:
+        for resource in (PLAN, DB, cache):
+            tg.start_soon(release, resource)
+    assert answers == {PLAN: 0, DB: 1, cache: None}
+    assert [lock.resource for lock in await store.list_locks()] == [DB]
+
+
+async def test_a_caller_cancelled_during_an_acquire_still_gets_its_answer(store: Store) -> None:
+    """The port's promise, which `LockService` relies on instead of shielding the call: a lock
+    taken for a caller cancelled meanwhile is answered, not held unknown until its TTL."""
+    answers: list[LockRecord | None] = []
+    scope = anyio.CancelScope()
+
+    async def take() -> None:
+        with scope:
+            answers.append(await store.acquire_lock(claim(A)))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take)
+        await anyio.lowlevel.checkpoint()  # `take` is in the call now (where it awaits, if it does)
+        scope.cancel()
+    assert len(answers) == 1
+    assert answers[0] is not None
+    assert answers[0] == await store.get_lock(DB)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":

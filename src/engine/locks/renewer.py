@@ -2,12 +2,13 @@
 
 A hold registers its lock and its block's cancel scope; the renewer keeps them in a heap by due
 time, sleeps on the clock until the earliest is due (woken early when a hold registers an earlier
-one), and renews each due lock in a task of its own, so a slow store delays no other lock. What a
-renewal does (and when a lost lock cancels its block) is the service's; this module only keeps
-the schedule. A hold leaving waits for its lock's renewal in flight, so the lock is released
-after it, never renewed after its release. When the renewer stops, the blocks it still renews
-are cancelled as having lost their locks: they would go on unprotected otherwise. So is a block
-whose renewal raised something unexpected (a bug must not stop the other locks' renewals).
+one, or any one while it has none), and renews each due lock in a task of its own, so a slow
+store delays no other lock. What a renewal does (and when a lost lock cancels its block) is the
+service's; this module only keeps the schedule. A hold leaving waits for its lock's renewal in
+flight, so the lock is released after it, never renewed after its release. When the renewer
+stops, the blocks it still renews are cancelled as having lost their locks: they would go on
+unprotected otherwise. So is a block whose renewal raised something unexpected (a bug must not
+stop the other locks' renewals).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Renewer:
         #: What the loop waits for now: the due time it sleeps until, and the scope that wakes it.
         self._waiting_until = math.inf
         self._waiting: anyio.CancelScope | None = None
+        #: Set by the next `add` while the loop has nothing to renew (None: it has something).
+        self._added: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
         self._running = False
 
@@ -106,20 +109,30 @@ class Renewer:
             heap = self._heap  # replaced when removed entries are dropped
             while heap and not heap[0][2].active:
                 heapq.heappop(heap)
-            due = heap[0][0] if heap else math.inf
+            if not heap:
+                await self._wait_for_add()
+                continue
+            due = heap[0][0]
             delay = due - self._clock.monotonic()
             if delay > 0:
                 with anyio.CancelScope() as self._waiting:
                     self._waiting_until = due
-                    if heap:
-                        await self._clock.sleep(delay)
-                    else:
-                        await anyio.sleep_forever()
+                    await self._clock.sleep(delay)
                 self._waiting, self._waiting_until = None, math.inf
                 continue  # woken early by an earlier due time, or due now: look again
             renewal = heapq.heappop(heap)[2]
             renewal.renewing = anyio.Event()
             tg.start_soon(self._renew_one, renewal)
+
+    async def _wait_for_add(self) -> None:
+        # An event, not a cancel scope like a timed wait: cancelling a scope costs several
+        # times more (anyio formats the task's repr), and holds that come one at a time find
+        # the loop idle each time.
+        self._added = anyio.Event()
+        try:
+            await self._added.wait()
+        finally:
+            self._added = None
 
     async def _renew_one(self, renewal: Renewal) -> None:
         interval: float | None = None
@@ -138,5 +151,7 @@ class Renewer:
     def _schedule(self, renewal: Renewal, interval: float) -> None:
         due = self._clock.monotonic() + interval
         heapq.heappush(self._heap, (due, next(self._order), renewal))
-        if due < self._waiting_until and self._waiting is not None:
+        if self._added is not None:
+            self._added.set()
+        elif due < self._waiting_until and self._waiting is not None:
             self._waiting.cancel()

@@ -16,9 +16,10 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import fields
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import anyio
 
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 #: How long a `hold` may take to release its lock on the way out (shielded from cancellation).
 RELEASE_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 
 class LockService:
@@ -77,17 +80,21 @@ class LockService:
         """
         res, who = Resource.of(resource), _owner(owner)
         _check_ttl(ttl)
+        _check_wait(wait)
+        # Most locks are free: one attempt, and the waiting machinery only after a conflict.
+        started, releases = self.clock.monotonic(), self._releases
+        record, holder = await self._attempt(res, who, ttl)
+        if record is None:
+            taken: list[LockRecord] = []
 
-        taken: list[LockRecord] = []
+            async def take() -> LockRecord | None:
+                got, other = await self._attempt(res, who, ttl)
+                if got is not None:
+                    taken.append(got)
+                return other
 
-        async def take() -> LockRecord | None:
-            record, holder = await self._attempt(res, who, ttl)
-            if record is not None:
-                taken.append(record)
-            return holder
-
-        await self._retry(res, wait, take, lambda: bool(taken))
-        record = taken[0]
+            await self._retry(res, wait, take, lambda: bool(taken), started, releases, holder)
+            record = taken[0]
         self._count("acquired")
         if record.depth > 1:
             self._count("reentered")
@@ -102,6 +109,7 @@ class LockService:
         `wait` seconds; else `LockConflictError`. For callers that must not hold anything
         while they wait (the dispatcher holds no slot)."""
         res, who = Resource.of(resource), _owner(owner)
+        _check_wait(wait)
 
         free: list[bool] = []
 
@@ -112,7 +120,10 @@ class LockService:
                 return None
             return held
 
-        await self._retry(res, wait, look, lambda: bool(free))
+        started, releases = self.clock.monotonic(), self._releases
+        holder = await look()
+        if not free:
+            await self._retry(res, wait, look, lambda: bool(free), started, releases, holder)
 
     async def _retry(
         self,
@@ -120,19 +131,20 @@ class LockService:
         wait: float,
         attempt: Callable[[], Awaitable[LockRecord | None]],
         done: Callable[[], bool],
+        started: float,
+        releases: int,
+        holder: LockRecord | None,
     ) -> None:
-        """Repeat `attempt` (which returns the other holder's lock, if it saw one) until
+        """After a first `attempt` that did not succeed (made at monotonic time `started`, when
+        this service's release count was `releases`; it saw `holder`), repeat it until
         `done()`, with jittered backoff, woken early by this service's releases and never
-        sleeping past the holder's expiry; `LockConflictError` after `wait` seconds."""
-        if not wait >= 0:
-            raise ValueError(f"wait must be 0 or more seconds, got {wait}")
-        started = self.clock.monotonic()
+        sleeping past the holder's expiry; `LockConflictError` after `wait` seconds.
+
+        `attempt` returns the other holder's lock, if it saw one. The callers make the first
+        attempt themselves so that the common case (it succeeds) costs nothing more.
+        """
         tries = 0
         while True:
-            releases = self._releases
-            holder = await attempt()
-            if done():
-                return
             waited = self.clock.monotonic() - started
             if waited >= wait:
                 self._count("conflicts")
@@ -155,6 +167,10 @@ class LockService:
             if self._releases == releases:  # else something was freed meanwhile: retry now
                 await self._pause(delay, self._released())
             tries += 1
+            releases = self._releases
+            holder = await attempt()
+            if done():
+                return
 
     async def release(self, resource: Resource | str, owner: Owner | str) -> bool:
         """Undo one acquire; False if `owner` does not hold the lock (any more)."""
@@ -238,16 +254,42 @@ class LockService:
 
     # -- held for a block ----------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def hold(
+    def hold(
         self, resource: Resource | str, owner: Owner | str, ttl: float, *, wait: float = 0.0
-    ) -> AsyncIterator[HeldLock]:
+    ) -> AbstractAsyncContextManager[HeldLock]:
         """`async with locks.hold(...)`: acquire, renew every ttl/3 while the block runs, and
         release on every way out (shielded from cancellation).
 
         If renewal finds the lock expired or taken over, the block is cancelled and
         `LockExpiredError` is raised: the work stops instead of going on unprotected.
         """
+        return self._hold(resource, owner, ttl, wait, _itself)
+
+    def hold_all(
+        self,
+        claims: Sequence[tuple[Resource | str, float]],
+        owner: Owner | str,
+        *,
+        wait: float = 0.0,
+    ) -> AbstractAsyncContextManager[LockGuard]:
+        """`hold` several resources, taken in resource order (so that two holders of the same
+        set never deadlock) within one `wait` budget; released in reverse order."""
+        if len(claims) == 1:  # a run's plan lock: one `hold` that shows a guard, no exit stack
+            resource, ttl = claims[0]
+            return self._hold(resource, owner, ttl, wait, _guard_of)
+        return self._hold_in_order(claims, owner, wait)
+
+    @asynccontextmanager
+    async def _hold(
+        self,
+        resource: Resource | str,
+        owner: Owner | str,
+        ttl: float,
+        wait: float,
+        shown: Callable[[HeldLock], T],
+    ) -> AsyncIterator[T]:
+        """`hold`, whose block gets `shown(held)`: the held lock, or a guard of it alone (one
+        generator either way: a `hold_all` that wrapped `hold` would pay for two)."""
         res, who = Resource.of(resource), _owner(owner)
         record = await self.acquire(res, who, ttl, wait=wait)
         held = HeldLock(res, who, ttl, record)
@@ -258,12 +300,12 @@ class LockService:
             if self.renewer.running:
                 with anyio.CancelScope() as scope:
                     renewal = self.renewer.add(held, scope)
-                    yield held
+                    yield shown(held)
             else:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._keep_alive, held, tg.cancel_scope)
                     try:
-                        yield held
+                        yield shown(held)
                     except Exception as exc:
                         # Re-raised below, outside the task group (which would wrap it in a group).
                         failure = exc
@@ -281,22 +323,12 @@ class LockService:
             raise held.lost
 
     @asynccontextmanager
-    async def hold_all(
-        self,
-        claims: Sequence[tuple[Resource | str, float]],
-        owner: Owner | str,
-        *,
-        wait: float = 0.0,
+    async def _hold_in_order(
+        self, claims: Sequence[tuple[Resource | str, float]], owner: Owner | str, wait: float
     ) -> AsyncIterator[LockGuard]:
-        """`hold` several resources, taken in resource order (so that two holders of the same
-        set never deadlock) within one `wait` budget; released in reverse order."""
+        """`hold_all` of any number of claims but one."""
         ordered = sorted((Resource.of(r), ttl) for r, ttl in claims)
         guard = LockGuard()
-        if len(ordered) == 1:  # a run's plan lock: no exit stack needed
-            async with self.hold(ordered[0][0], owner, ordered[0][1], wait=wait) as held:
-                guard.locks.append(held)
-                yield guard
-            return
         started = self.clock.monotonic()
         async with AsyncExitStack() as stack:
             for resource, ttl in ordered:
@@ -315,10 +347,9 @@ class LockService:
         for _ in range(3):
             self._count("attempts")
             claim = LockRecord.claim(resource, owner, self.clock.now(), ttl)
-            # Shielded: a lock taken by a statement whose answer a cancellation threw away
-            # would be held by nobody who knows it until its TTL ran out.
-            with anyio.CancelScope(shield=True):
-                record = await self.store.acquire_lock(claim)
+            # Not shielded here: the store answers a call that may have taken the lock even
+            # when its caller is cancelled meanwhile (the `LockStore.acquire_lock` contract).
+            record = await self.store.acquire_lock(claim)
             if record is not None:
                 return record, None
             holder = await self.store.get_lock(resource)
@@ -445,8 +476,21 @@ class LockService:
             logger.exception("an event bus subscriber failed on %s", event.type)
 
 
+def _itself(held: HeldLock) -> HeldLock:
+    return held
+
+
+def _guard_of(held: HeldLock) -> LockGuard:
+    return LockGuard([held])
+
+
 def _owner(owner: Owner | str) -> Owner:
     return owner if isinstance(owner, Owner) else Owner.named(owner)
+
+
+def _check_wait(wait: float) -> None:
+    if not wait >= 0:
+        raise ValueError(f"wait must be 0 or more seconds, got {wait}")
 
 
 def _check_ttl(ttl: float) -> None:

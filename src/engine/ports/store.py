@@ -142,7 +142,13 @@ class LockStore(Protocol):
         """Take `claim.resource` for `claim.owner_id` until `claim.expires_at`, atomically:
         insert it if free; take it over if the lock there expired at `claim.acquired_at`;
         re-enter it if that owner holds it (depth + 1, expiry the later of the two). Returns
-        the lock as it now is, or None if another owner holds it unexpired."""
+        the lock as it now is, or None if another owner holds it unexpired.
+
+        A call answers even if its caller is cancelled while it runs (the caller sees the
+        cancellation at its next checkpoint): a lock taken by a statement whose answer a
+        cancellation threw away would be held by nobody who knows it until its TTL ran out.
+        `LockService` relies on this and does not shield the call itself. `MemoryLocks` has no
+        await point; the SQL stores make the call through `GroupCommit`, which shields it."""
         ...
 
     async def renew_lock(

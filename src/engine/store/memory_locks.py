@@ -1,6 +1,8 @@
 """`MemoryLocks`: the lock part of the store port in one dictionary (a base of `MemoryStore`).
 
-Each method runs without an await point, so it is as atomic here as one statement is in SQL.
+Each method runs without an await point, so it is as atomic here as one statement is in SQL,
+and a cancellation can never come between a lock taken and its caller hearing of it (which the
+port asks of `acquire_lock`).
 Same contract as `engine.store.sql.locks` (tests/test_lock_store_contract.py).
 """
 
@@ -17,9 +19,7 @@ class MemoryLocks:
         self._locks: dict[Resource, LockRecord] = {}
 
     async def acquire_lock(self, claim: LockRecord) -> LockRecord | None:
-        claim = replace(
-            claim, acquired_at=_utc(claim.acquired_at), expires_at=_utc(claim.expires_at)
-        )
+        claim = _in_utc(claim)
         held = self._locks.get(claim.resource)
         if held is None or held.expired(claim.acquired_at):
             self._locks[claim.resource] = claim
@@ -82,6 +82,14 @@ class MemoryLocks:
 
     async def list_locks(self) -> list[LockRecord]:
         return [self._locks[r] for r in sorted(self._locks)]
+
+
+def _in_utc(claim: LockRecord) -> LockRecord:
+    """`claim` with UTC times: itself if they are already (the clock's are; records are
+    immutable, so the store may keep the caller's)."""
+    if claim.acquired_at.tzinfo is UTC and claim.expires_at.tzinfo is UTC:
+        return claim
+    return replace(claim, acquired_at=_utc(claim.acquired_at), expires_at=_utc(claim.expires_at))
 
 
 def _utc(value: datetime) -> datetime:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -32,7 +32,8 @@ MAX_BATCH = 256
 class _Pending(Generic[Request, Answer]):
     request: Request
     key: Hashable
-    woken: anyio.Event = field(default_factory=anyio.Event)
+    #: Set when its batch ran or it is to lead the next one; only a request that waits has one.
+    woken: anyio.Event | None = None
     finished: bool = False
     answer: Answer | None = None
     error: BaseException | None = None
@@ -61,6 +62,7 @@ class GroupCommit(Generic[Request, Answer]):
         self._queue.append(item)
         with anyio.CancelScope(shield=True):
             if self._busy:
+                item.woken = anyio.Event()
                 await item.woken.wait()
             else:
                 self._busy = True
@@ -86,9 +88,9 @@ class GroupCommit(Generic[Request, Answer]):
             self.requests += len(batch)
             for pending in batch:
                 pending.finished = True
-                pending.woken.set()
+                _wake(pending)
             if self._queue:
-                self._queue[0].woken.set()  # it leads the next batch
+                _wake(self._queue[0])  # it leads the next batch (it queued behind this one)
             else:
                 self._busy = False
 
@@ -108,3 +110,9 @@ class GroupCommit(Generic[Request, Answer]):
         kept.extend(self._queue)
         self._queue = kept
         return batch
+
+
+def _wake(pending: _Pending[Any, Any]) -> None:
+    # A leader has no event: it never waits to be woken, and its batch ends before it returns.
+    if pending.woken is not None:
+        pending.woken.set()
