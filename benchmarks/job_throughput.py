@@ -6,7 +6,8 @@ For each backend (SQLite file, PostgreSQL in a temporary database):
 2. process: `python -m engine worker --burst --concurrency 16 --quiet` as a child process,
    until the queue is empty. Reported twice: wall time of the process (includes ~0.5 s of
    interpreter start and imports), and the span from the first claim to the last finish as
-   recorded in the store (the worker's steady state).
+   recorded in the store (the worker's steady state); and the worker's CPU time per job
+   (both threads; less sensitive than rates to a noisy machine, but it includes start-up).
 
 A no-op job is a plan with one `call` step of a no-op coroutine, and the whole path counts:
 claim, plan lock, run record (run + subplan + events through the recorder), states, completion.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -76,17 +78,22 @@ async def enqueue(url: str, folder: Path, count: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-def process(url: str, folder: Path, concurrency: int) -> float:
+def process(url: str, folder: Path, concurrency: int) -> tuple[float, float]:
+    """Run the worker to the end of the queue: its wall time and its CPU time (all threads,
+    start-up included), in seconds."""
     command = [sys.executable, "-m", "engine", "worker", "--burst", "--quiet"]
     command += ["--concurrency", str(concurrency)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
         command, cwd=folder, env=settings_for(folder, url), capture_output=True, text=True
     )
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"worker failed ({done.returncode}):\n{done.stderr}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
 
 
 async def check(url: str, folder: Path, count: int) -> float:
@@ -104,12 +111,12 @@ async def check(url: str, folder: Path, count: int) -> float:
 
 async def measure(name: str, url: str, folder: Path, count: int, concurrency: int) -> None:
     rate_in = await enqueue(url, folder, count)
-    wall = process(url, folder, concurrency)
+    wall, cpu = process(url, folder, concurrency)
     span = await check(url, folder, count)
     print(
         f"{name:<11} enqueue {rate_in:8,.0f} jobs/s | process {count / wall:8,.0f} jobs/s "
         f"(wall {wall:.2f}s incl. start-up) | {count / span:8,.0f} jobs/s first claim to last "
-        f"finish ({span:.2f}s)"
+        f"finish ({span:.2f}s) | worker CPU {cpu / count * 1e6:,.0f} us/job incl. start-up"
     )
 
 
