@@ -23,6 +23,8 @@ from engine import (
     RunState,
     SubplanState,
 )
+from engine.errors import StoreError
+from engine.ports.store import Changes
 from engine.prepared import PreparedRun
 from engine.testing import ManualClock, hosted, settings_for_test
 
@@ -306,3 +308,40 @@ async def test_a_lock_and_a_nested_group_never_wait_for_each_other_in_a_circle(
     assert result.state is RunState.COMPLETED, result.error
     assert lockkit.overlaps == []
     assert sorted(lockkit.order) == ["inner+", "inner-", "step+", "step-"]
+
+
+async def test_a_runs_locks_are_released_by_the_write_of_its_end(
+    eng: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One transaction records the run's end and frees its `plan:` and `project:` locks; the
+    lock service still counts and announces each release."""
+    released_alone: list[object] = []
+    real_release = eng.store.release_lock
+
+    async def release_lock(*args: Any) -> int | None:
+        released_alone.append(args)
+        return await real_release(*args)
+
+    monkeypatch.setattr(eng.store, "release_lock", release_lock)
+    before = eng.locks.statistics().released
+    result = await eng.run_plan(plan(section("a", "k"), project=unique("shop")))
+    assert result.state is RunState.COMPLETED
+    assert released_alone == []
+    assert await eng.locks.list() == []
+    assert eng.locks.statistics().released - before == 2
+
+
+async def test_a_run_whose_end_cannot_be_written_still_frees_its_locks(
+    eng: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = eng.store.write
+
+    async def write(changes: Changes) -> None:
+        if changes.releases:
+            raise StoreError("the disk is full")
+        await real_write(changes)
+
+    monkeypatch.setattr(eng.store, "write", write)
+    with pytest.raises(StoreError):
+        await eng.run_plan(plan(section("a", "k")))
+    assert await eng.locks.list() == []  # released on its own by the hold

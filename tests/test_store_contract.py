@@ -13,10 +13,11 @@ from engine.domain.events import (
     SubplanAttemptFailed,
     SubplanStateChanged,
 )
+from engine.domain.lock import LockRecord, Owner, Resource
 from engine.domain.states import FailureMode, RunState, SubplanState
 from engine.errors import StoreError
 from engine.ids import new_id
-from engine.ports.store import Changes, NewRun, RunRecord, Store, SubplanRecord
+from engine.ports.store import Changes, LockRelease, NewRun, RunRecord, Store, SubplanRecord
 
 T0 = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -277,7 +278,6 @@ async def test_subplans_can_be_added_to_a_created_run(store: Store) -> None:
 
 async def test_runs_without_a_live_plan_lock_are_failed_as_lost(store: Store) -> None:
     """A live run holds its unexpired `plan:` lock; one that does not is a dead process's."""
-    from engine.domain.lock import LockRecord, Owner, Resource
     from engine.ports.store import LOST_RUN_ERROR
 
     later = T0 + timedelta(minutes=10)
@@ -319,3 +319,52 @@ async def test_runs_without_a_live_plan_lock_are_failed_as_lost(store: Store) ->
     assert await store.abandon_lost_runs(now, created_before=later) == []
     for name in ("alive", "dead"):  # the PostgreSQL database is shared with later tests
         await store.delete_lock(Resource.of(f"plan:{name}"))
+
+
+async def test_a_batch_releases_locks_with_the_run_it_records(store: Store) -> None:
+    """A run's locks go in the transaction that records its end: each release says whether it
+    was written and the depth left (None: not held by that owner)."""
+    run = a_run()
+    await create(store, run, "a")
+    owner, other = Owner.of_run(run.id), Owner.of_run(new_id())
+    plan, project, theirs = (
+        Resource.of(f"plan:rel-{run.id[-8:]}"),
+        Resource.of(f"project:rel-{run.id[-8:]}"),
+        Resource.of(f"resource:rel-{run.id[-8:]}"),
+    )
+    await store.acquire_lock(LockRecord.claim(plan, owner, T0, 600))
+    for _ in range(2):  # re-entered: one release counts it down
+        await store.acquire_lock(LockRecord.claim(project, owner, T0, 600))
+    await store.acquire_lock(LockRecord.claim(theirs, other, T0, 600))
+    releases = [LockRelease(r, owner.id) for r in (plan, project, theirs)]
+    ended = replace(run, state=RunState.COMPLETED, started_at=T0, finished_at=T0, duration=0.0)
+
+    await store.write(Changes(runs=[ended], releases=releases))
+
+    assert (await store.get_run(run.id)).state is RunState.COMPLETED  # type: ignore[union-attr]
+    assert [(r.written, r.left) for r in releases] == [(True, 0), (True, 1), (True, None)]
+    assert await store.get_lock(plan) is None
+    assert (await store.get_lock(project)).depth == 1  # type: ignore[union-attr]
+    assert (await store.get_lock(theirs)).owner_id == other.id  # type: ignore[union-attr]
+    for resource in (project, theirs):  # the PostgreSQL database is shared with later tests
+        await store.delete_lock(resource)
+
+
+async def test_a_bad_batch_releases_no_lock(store: Store) -> None:
+    existing = a_run()
+    await create(store, existing, "a")
+    owner = Owner.of_run(existing.id)
+    plan = Resource.of(f"plan:bad-{existing.id[-8:]}")
+    await store.acquire_lock(LockRecord.claim(plan, owner, T0, 600))
+    release = LockRelease(plan, owner.id)
+
+    with pytest.raises(StoreError):
+        await store.write(
+            Changes(
+                created=[NewRun(existing, "{}", subplans_of(existing, "a"))], releases=[release]
+            )
+        )
+
+    assert (release.written, release.left) == (False, None)
+    assert (await store.get_lock(plan)).owner_id == owner.id  # type: ignore[union-attr]
+    await store.delete_lock(plan)

@@ -1,7 +1,8 @@
 """`PreparedRun`: one run of a plan, built by `Engine.prepare_run` and started by `execute()`.
 
 This module owns the life of ONE run: its `plan:`/`project:` locks (held from before it is
-recorded until its terminal state is), its record (through the engine's recorder), the run's
+recorded until its terminal state is: they are released in the transaction that writes it), its
+record (through the engine's recorder), the run's
 own state around the dispatcher, and its `RunResult`. The engine (`engine.app`) wires the
 services it uses.
 """
@@ -85,7 +86,8 @@ class PreparedRun:
         claims = run_claims(self.plan, engine.settings.locks)
         owner = Owner.of_run(self.run_id)
         try:
-            async with engine.locks.hold_all(claims, owner, wait=self.lock_wait) as guard:
+            locks = engine.locks
+            async with locks.hold_all(claims, owner, wait=self.lock_wait) as guard:
                 run, plan_json, subplans = self._records()
                 await recorder.begin(run, plan_json, subplans, self.tracker, wait=record_first)
                 try:
@@ -93,7 +95,12 @@ class PreparedRun:
                         self.plan, self.tracker, self.dispatcher, lambda: guard.lost
                     )
                 finally:
-                    await recorder.settle()
+                    # The run's locks are released in the transaction that records its end.
+                    releases = locks.releases(guard)
+                    try:
+                        await recorder.settle(releasing=releases)
+                    finally:
+                        locks.released_with(guard, releases)
         except LockExpiredError as exc:
             # Lost while the run was going: `_execute` failed it with this error already (a
             # loss noticed after it completed changes nothing).

@@ -13,6 +13,8 @@ When it writes:
   when a run is created (so a store that cannot be written fails the run before it starts) and
   after its terminal state, before `execute()` returns, on every exit path.
 So a crash loses at most the events of the batch in flight, never a run's terminal state.
+A run's lock releases ride in the batch that writes its end (`settle(releasing=...)`): the
+locks are freed in the same transaction, never before it.
 
 A failed write keeps its changes for the next attempt (backing off), and `flush()` raises the
 `StoreError`. This module never imports a store implementation.
@@ -36,7 +38,7 @@ from engine.domain.events import (
 )
 from engine.domain.states import TERMINAL_RUN_STATES, TERMINAL_SUBPLAN_STATES
 from engine.errors import StoreError
-from engine.ports.store import Changes, NewRun, RunRecord, Store, SubplanRecord
+from engine.ports.store import Changes, LockRelease, NewRun, RunRecord, Store, SubplanRecord
 
 #: The events a run's record is made of: the recorder listens to these only.
 RUN_EVENTS: tuple[type[Event], ...] = (RunStateChanged, SubplanStateChanged, SubplanAttemptFailed)
@@ -122,6 +124,8 @@ class Recorder:
         self._recordings: dict[str, _Recording] = {}
         self._created: list[NewRun] = []
         self._events: list[Event] = []
+        #: Lock releases to write with the next batch (`settle(releasing=...)`).
+        self._releases: list[LockRelease] = []
         #: Notes received (each event or create) and notes written: flush() waits on these.
         self._received = 0
         self._written = 0
@@ -215,15 +219,30 @@ class Recorder:
             if self._written < target and failure and self._failed_attempt >= first_attempt:
                 raise failure
 
-    async def settle(self) -> None:
+    async def settle(self, *, releasing: Sequence[LockRelease] = ()) -> None:
         """`flush()`, shielded from cancellation and bounded by CLOSE_TIMEOUT: for the end of
-        a run and for closing, which must record what happened even while being cancelled."""
-        with anyio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
-            await self.flush()
-        if scope.cancelled_caught:
-            raise StoreError(
-                f"{self.store.location}: recording did not finish within {CLOSE_TIMEOUT:g}s"
-            ) from self._failure
+        a run and for closing, which must record what happened even while being cancelled.
+
+        `releasing`: lock releases written in the same transaction as everything received so
+        far (a run's locks, with its end: one write instead of two, and the lock is never free
+        while the run still looks unfinished). Each is marked `written` when it was; if this
+        raises, those not yet sent are withdrawn, for the caller to release itself.
+        """
+        if releasing:
+            self._releases.extend(releasing)
+            self._received += 1
+        try:
+            with anyio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
+                await self.flush()
+            if scope.cancelled_caught:
+                raise StoreError(
+                    f"{self.store.location}: recording did not finish within {CLOSE_TIMEOUT:g}s"
+                ) from self._failure
+        except BaseException:
+            if releasing:
+                withdrawn = set(map(id, releasing))
+                self._releases = [r for r in self._releases if id(r) not in withdrawn]
+            raise
 
     # -- the flusher task --------------------------------------------------------------------
 
@@ -291,8 +310,8 @@ class Recorder:
             progress.set()
 
     def _collect(self) -> _Batch:
-        changes = Changes(created=self._created, events=self._events)
-        self._created, self._events = [], []
+        changes = Changes(created=self._created, events=self._events, releases=self._releases)
+        self._created, self._events, self._releases = [], [], []
         touched: dict[str, tuple[bool, list[str] | None]] = {}
         creating = {new.run.id: i for i, new in enumerate(changes.created)}
         for run_id, rec in self._recordings.items():
@@ -321,6 +340,7 @@ class Recorder:
         """Put a failed batch back in front of what arrived meanwhile."""
         self._created[:0] = batch.changes.created
         self._events[:0] = batch.changes.events
+        self._releases[:0] = batch.changes.releases
         for run_id, (run_dirty, paths) in batch.touched.items():
             rec = self._recordings[run_id]
             rec.run_dirty = rec.run_dirty or run_dirty

@@ -45,13 +45,17 @@ class LockStatistics:
 
 @dataclass(slots=True)
 class HeldLock:
-    """One lock held by a `hold` block; `lost` is set if renewal found it gone."""
+    """One lock held by a `hold` block; `lost` is set if renewal found it gone. `handing_over`
+    while another write releases it (`LockService.releases`), `released` once that write did:
+    the block does not release it again on its way out."""
 
     resource: Resource
     owner: Owner
     ttl: float
     record: LockRecord
     lost: LockExpiredError | None = None
+    handing_over: bool = False
+    released: bool = False
 
 
 @dataclass(slots=True)

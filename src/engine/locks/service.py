@@ -30,7 +30,7 @@ from engine.events import EventBus
 from engine.locks.models import Backoff, HeldLock, LockGuard, LockStatistics
 from engine.locks.renewer import Renewal, Renewer
 from engine.ports.clock import Clock
-from engine.ports.store import LockStore
+from engine.ports.store import LockRelease, LockStore
 
 logger = logging.getLogger(__name__)
 
@@ -315,8 +315,9 @@ class LockService:
             self._stats["held"] -= 1
             if renewal is not None:
                 await self.renewer.remove(renewal)  # after its renewal in flight, if any
-            with anyio.move_on_after(RELEASE_TIMEOUT, shield=True):
-                await self._release_quietly(held)
+            if not held.released:  # else a write released it with other changes
+                with anyio.move_on_after(RELEASE_TIMEOUT, shield=True):
+                    await self._release_quietly(held)
         if failure is not None:
             raise failure
         if held.lost is not None:
@@ -336,6 +337,32 @@ class LockService:
                 held = await stack.enter_async_context(self.hold(resource, owner, ttl, wait=left))
                 guard.locks.append(held)
             yield guard
+
+    # -- released by another write -------------------------------------------------------------
+
+    def releases(self, guard: LockGuard) -> builtins.list[LockRelease]:
+        """The releases of a `hold_all` block's locks, for a store write that makes them with
+        other changes (`RunStore.write`: the recorder writes a run's locks with its end).
+        Until `released_with` they are not renewed (the write may be deleting them). Call
+        `released_with` after the write, whether it succeeded or not."""
+        for held in guard.locks:
+            held.handing_over = True
+        return [LockRelease(held.resource, held.owner.id) for held in guard.locks]
+
+    def released_with(self, guard: LockGuard, releases: Sequence[LockRelease]) -> None:
+        """After the write of `releases`: those written count as released, and their block
+        will not release them again; the others are released by their block as usual."""
+        for held, release in zip(guard.locks, releases, strict=True):
+            held.handing_over = False
+            if not release.written:
+                continue
+            held.released = True
+            if release.left is None:  # not ours any more: nothing was released
+                continue
+            self._count("released")
+            if release.left == 0:
+                self._notify_released()
+                self._emit("lock.released", held.resource, held.owner.id, held.owner.run_id)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -367,7 +394,11 @@ class LockService:
 
     async def _renew_held(self, held: HeldLock, scope: anyio.CancelScope) -> float | None:
         """Renew a held lock once: seconds until the next renewal, or None if the lock is lost
-        (then `scope`, its block's, is cancelled)."""
+        (then `scope`, its block's, is cancelled) or released by a write of its own."""
+        if held.released:
+            return None
+        if held.handing_over:  # a write may be deleting it right now: look again soon
+            return max(held.ttl / 10, 0.01)
         try:
             # Shielded: a statement cancelled in flight makes SQLAlchemy close its aiosqlite
             # connection in a task that may never finish, hanging the process at exit.

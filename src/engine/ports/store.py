@@ -84,16 +84,32 @@ class NewRun:
 @dataclass(slots=True)
 class Changes:
     """One batch, applied in one transaction in this order: runs created, subplans added to
-    runs, run updates, subplan updates (by run id and path), events (appended)."""
+    runs, run updates, subplan updates (by run id and path), events (appended), and last the
+    lock releases (a run's locks go in the same transaction as its end)."""
 
     created: list[NewRun] = field(default_factory=list)
     added: list[SubplanRecord] = field(default_factory=list)
     runs: list[RunRecord] = field(default_factory=list)
     subplans: list[SubplanRecord] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    releases: list[LockRelease] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.created or self.added or self.runs or self.subplans or self.events)
+        return bool(
+            self.created or self.added or self.runs or self.subplans or self.events or self.releases
+        )
+
+
+@dataclass(slots=True, eq=False)
+class LockRelease:
+    """Undo one acquire of `resource` by `owner_id`, as `LockStore.release_lock` does, within a
+    `RunStore.write`. Once the batch is written the store sets `written`, and `left`: the depth
+    left (0: the lock is free), or None if the owner did not hold it (then nothing changed)."""
+
+    resource: Resource
+    owner_id: str
+    written: bool = False
+    left: int | None = None
 
 
 class RunStore(Protocol):

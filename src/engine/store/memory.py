@@ -121,6 +121,9 @@ class MemoryStore(MemoryLocks, MemoryJobs):
                 self._orphan_events.append(event)
             else:
                 self._runs[event.run_id].events.append(event)
+        for release in changes.releases:
+            release.left = self._release(release.resource, release.owner_id)
+            release.written = True
 
     def _check(self, changes: Changes) -> None:
         """Everything the SQL store's keys and constraints would reject, before any change."""

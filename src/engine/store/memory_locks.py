@@ -48,6 +48,9 @@ class MemoryLocks:
         return record
 
     async def release_lock(self, resource: Resource, owner_id: str) -> int | None:
+        return self._release(resource, owner_id)
+
+    def _release(self, resource: Resource, owner_id: str) -> int | None:
         held = self._locks.get(resource)
         if held is None or held.owner_id != owner_id:
             return None

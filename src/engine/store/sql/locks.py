@@ -24,7 +24,7 @@ answered on its own. A batch never holds the same lock twice, so its rows cannot
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -76,6 +76,30 @@ def _release_one_level(mine: sa.ColumnElement[bool]) -> sa.Executable:
 #: Each release step for (several locks, one lock).
 _RELEASE_LAST = (_release_last(_MANY), _release_last(_ONE))
 _RELEASE_ONE_LEVEL = (_release_one_level(_MANY), _release_one_level(_ONE))
+
+
+def release_locks(conn: Connection, requests: Sequence[tuple[Resource, str]]) -> list[int | None]:
+    """Undo one acquire of each (resource, owner id): delete the locks held once, count down
+    the re-entered ones. The depth left of each (0: released), None for a lock the owner does
+    not hold. Run on its own (each statement commits) or inside a larger transaction (the
+    recorder's: a run's locks go with the write of its end)."""
+    wanted = {(*_key(resource), owner) for resource, owner in requests}
+    left: dict[Key, int] = {}
+    todo = wanted
+    # Two tries: in autocommit, another process of the same owner may re-enter or release
+    # between the two statements (each commits on its own).
+    for _ in range(2):
+        for row in _release_step(conn, _RELEASE_LAST, todo):
+            left[(row["resource_type"], row["resource_id"])] = 0
+        todo = {t for t in todo if t[:2] not in left}
+        if not todo:
+            break
+        for row in _release_step(conn, _RELEASE_ONE_LEVEL, todo):
+            left[(row["resource_type"], row["resource_id"])] = row["depth"]
+        todo = {t for t in todo if t[:2] not in left}
+        if not todo:
+            break
+    return [left.get(_key(resource)) for resource, _owner in requests]
 
 
 def _release_step(
@@ -210,31 +234,10 @@ class SqlLocks:
         return await self._releases.submit((resource, owner_id))
 
     async def _release_batch(self, requests: list[tuple[Resource, str]]) -> list[int | None]:
-        """Delete the locks held once; count down the re-entered ones; the depth left of each
-        (0: released), None for a lock the owner does not hold."""
         doing = "releasing locks" if len(requests) > 1 else f"releasing lock {requests[0][0]}"
-        wanted = {(*_key(resource), owner) for resource, owner in requests}
-
-        def release(conn: Connection) -> dict[Key, int]:
-            left: dict[Key, int] = {}
-            todo = wanted
-            # Two tries: another process of the same owner may re-enter or release between
-            # the two statements (each commits on its own).
-            for _ in range(2):
-                for row in _release_step(conn, _RELEASE_LAST, todo):
-                    left[(row["resource_type"], row["resource_id"])] = 0
-                todo = {t for t in todo if t[:2] not in left}
-                if not todo:
-                    break
-                for row in _release_step(conn, _RELEASE_ONE_LEVEL, todo):
-                    left[(row["resource_type"], row["resource_id"])] = row["depth"]
-                todo = {t for t in todo if t[:2] not in left}
-                if not todo:
-                    break
-            return left
-
-        left = await self._tx.run(doing, release, transaction=False)
-        return [left.get(_key(resource)) for resource, _owner in requests]
+        return await self._tx.run(
+            doing, lambda conn: release_locks(conn, requests), transaction=False
+        )
 
     async def release_locks_of(self, owner_id: str) -> list[Resource]:
         statement = sa.delete(locks).where(locks.c.owner_id == owner_id).returning(*_KEY)

@@ -33,7 +33,7 @@ from engine.ports.store import LOST_RUN_ERROR, Changes, RunRecord, SubplanRecord
 from engine.store.sql import mapping
 from engine.store.sql.errors import translated
 from engine.store.sql.jobs import SqlJobs
-from engine.store.sql.locks import SqlLocks
+from engine.store.sql.locks import SqlLocks, release_locks
 from engine.store.sql.tables import events, locks, runs, subplan_runs
 from engine.store.sql.transact import Transactions
 
@@ -115,9 +115,11 @@ class SqlStore(SqlLocks, SqlJobs):
         # The rows are built here, on the event loop's thread; the transaction's thread only
         # sends them. Python run there holds the GIL against the event loop (a 10,000-step
         # run's flush would stall its dispatcher).
-        await self._tx.run("recording", self._statements(changes), serialize=True)
+        left = await self._tx.run("recording", self._statements(changes), serialize=True)
+        for release, depth in zip(changes.releases, left, strict=True):
+            release.left, release.written = depth, True
 
-    def _statements(self, changes: Changes) -> Callable[[Connection], None]:
+    def _statements(self, changes: Changes) -> Callable[[Connection], list[int | None]]:
         """The writes of `changes`, as the work of one transaction."""
         hot, time = self._hot, self._hot.time
         new_runs = [mapping.run_row(n.run, n.plan_json, time) for n in changes.created]
@@ -127,9 +129,10 @@ class SqlStore(SqlLocks, SqlJobs):
         run_ids = [run.id for run in changes.runs]
         sub_updates = [mapping.subplan_update(s, time) for s in changes.subplans]
         events = mapping.event_rows(changes.events, time) if changes.events else []
+        releases = [(r.resource, r.owner_id) for r in changes.releases]
         location = self._location
 
-        def apply(conn: Connection) -> None:
+        def apply(conn: Connection) -> list[int | None]:
             if new_runs:
                 conn.exec_driver_sql(hot.insert_runs, new_runs)
             if added:
@@ -150,6 +153,7 @@ class SqlStore(SqlLocks, SqlJobs):
                     raise StoreError(f"{location}: an update names an unknown subplan")
             if events:
                 conn.exec_driver_sql(hot.insert_events, events)
+            return release_locks(conn, releases) if releases else []
 
         return apply
 
