@@ -368,3 +368,27 @@ async def test_a_bad_batch_releases_no_lock(store: Store) -> None:
     assert (release.written, release.left) == (False, None)
     assert (await store.get_lock(plan)).owner_id == owner.id  # type: ignore[union-attr]
     await store.delete_lock(plan)
+
+
+async def test_a_new_run_its_events_and_its_lock_release_in_one_batch(store: Store) -> None:
+    """The worker's usual batch (inserts and releases only: one statement on PostgreSQL)."""
+    run = replace(a_run(), state=RunState.COMPLETED, started_at=T0, finished_at=T0, duration=0.0)
+    owner = Owner.of_run(run.id)
+    plan = Resource.of(f"plan:one-{run.id[-8:]}")
+    await store.acquire_lock(LockRecord.claim(plan, owner, T0, 600))
+    event = RunStateChanged(at=T0, seq=1, run_id=run.id, plan="p", to=RunState.RUNNING)
+    released = [LockRelease(plan, owner.id), LockRelease(plan, "someone-else")]
+
+    await store.write(
+        Changes(
+            created=[NewRun(run, "{}", subplans_of(run, "g", "g/a"))],
+            events=[event],
+            releases=released,
+        )
+    )
+
+    assert await store.get_run(run.id) == run
+    assert [s.path for s in await store.list_subplans(run.id)] == ["g", "g/a"]
+    assert await store.list_events(run.id) == [event]
+    assert [(r.written, r.left) for r in released] == [(True, 0), (True, None)]
+    assert await store.get_lock(plan) is None

@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord, lost_worker_message
 from engine.domain.states import TERMINAL_JOB_STATUSES, AsyncJobStatus
 from engine.store.sql.errors import translated
+from engine.store.sql.pgbatch import finish_and_claim_statement
 from engine.store.sql.tables import jobs, workers
 from engine.store.sql.transact import Transactions
 
@@ -159,6 +160,12 @@ class SqlJobs:
     ) -> tuple[list[str], list[AsyncJob]]:
         if not outcomes:  # the claim alone: one statement, no transaction around it
             return [], await self.claim_jobs(worker_id, now, limit)
+        if (
+            not self._jobs_sqlite
+            and len(outcomes) <= _CHUNK
+            and not any(o.status is AsyncJobStatus.QUEUED for o in outcomes)
+        ):
+            return await self._finish_and_claim_at_once(outcomes, worker_id, now, limit)
         claim = self._claim(worker_id, now, limit)
 
         def both(conn: Connection) -> tuple[list[str], list[RowMapping]]:
@@ -167,6 +174,25 @@ class SqlJobs:
 
         applied, rows = await self._tx.run("recording job outcomes and claiming jobs", both)
         return applied, _claimed(rows)
+
+    async def _finish_and_claim_at_once(
+        self, outcomes: Sequence[JobOutcome], worker_id: str, now: datetime, limit: int
+    ) -> tuple[list[str], list[AsyncJob]]:
+        """PostgreSQL, no hand-backs: one statement (`pgbatch`), one round trip."""
+        sql, params = finish_and_claim_statement(outcomes, worker_id, now, limit)
+
+        def both(conn: Connection) -> list[RowMapping]:
+            return list(conn.exec_driver_sql(sql, params).mappings().all())
+
+        rows = await self._tx.run(
+            "recording job outcomes and claiming jobs", both, transaction=False
+        )
+        applied = list(rows[0]["applied"] or [])  # one row at least: see the statement
+        claimed = [{k: v for k, v in row.items() if k != "applied"} for row in rows]
+        return applied, sorted(
+            (AsyncJob.model_validate(row) for row in claimed if row["id"] is not None),
+            key=lambda j: j.id,
+        )
 
     def _claim(self, worker_id: str, now: datetime, limit: int) -> sa.Update:
         """The claim: one statement, `UPDATE … RETURNING` of the oldest queued jobs."""

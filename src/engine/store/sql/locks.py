@@ -60,7 +60,7 @@ _ONE = sa.and_(
 
 def _release_last(mine: sa.ColumnElement[bool]) -> sa.Executable:
     """Delete the locks held once."""
-    return sa.delete(locks).where(mine, locks.c.depth == 1).returning(*_KEY)
+    return sa.delete(locks).where(mine, locks.c.depth == 1).returning(*_KEY, locks.c.owner_id)
 
 
 def _release_one_level(mine: sa.ColumnElement[bool]) -> sa.Executable:
@@ -69,7 +69,7 @@ def _release_one_level(mine: sa.ColumnElement[bool]) -> sa.Executable:
         sa.update(locks)
         .where(mine, locks.c.depth > 1)
         .values(depth=locks.c.depth - 1)
-        .returning(*_KEY, locks.c.depth)
+        .returning(*_KEY, locks.c.owner_id, locks.c.depth)
     )
 
 
@@ -84,22 +84,22 @@ def release_locks(conn: Connection, requests: Sequence[tuple[Resource, str]]) ->
     not hold. Run on its own (each statement commits) or inside a larger transaction (the
     recorder's: a run's locks go with the write of its end)."""
     wanted = {(*_key(resource), owner) for resource, owner in requests}
-    left: dict[Key, int] = {}
+    left: dict[Mine, int] = {}
     todo = wanted
     # Two tries: in autocommit, another process of the same owner may re-enter or release
     # between the two statements (each commits on its own).
     for _ in range(2):
         for row in _release_step(conn, _RELEASE_LAST, todo):
-            left[(row["resource_type"], row["resource_id"])] = 0
-        todo = {t for t in todo if t[:2] not in left}
+            left[(row["resource_type"], row["resource_id"], row["owner_id"])] = 0
+        todo = {t for t in todo if t not in left}
         if not todo:
             break
         for row in _release_step(conn, _RELEASE_ONE_LEVEL, todo):
-            left[(row["resource_type"], row["resource_id"])] = row["depth"]
-        todo = {t for t in todo if t[:2] not in left}
+            left[(row["resource_type"], row["resource_id"], row["owner_id"])] = row["depth"]
+        todo = {t for t in todo if t not in left}
         if not todo:
             break
-    return [left.get(_key(resource)) for resource, _owner in requests]
+    return [left.get((*_key(resource), owner)) for resource, owner in requests]
 
 
 def _release_step(

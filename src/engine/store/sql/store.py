@@ -34,6 +34,7 @@ from engine.store.sql import mapping
 from engine.store.sql.errors import translated
 from engine.store.sql.jobs import SqlJobs
 from engine.store.sql.locks import SqlLocks, release_locks
+from engine.store.sql.pgbatch import batch_statement
 from engine.store.sql.tables import events, locks, runs, subplan_runs
 from engine.store.sql.transact import Transactions
 
@@ -100,6 +101,7 @@ class SqlStore(SqlLocks, SqlJobs):
         self._engine = engine
         self._location = location
         self._hot = _HotStatements(engine.dialect)
+        self._postgres = engine.dialect.name == "postgresql"
 
     @property
     def location(self) -> str:
@@ -115,9 +117,30 @@ class SqlStore(SqlLocks, SqlJobs):
         # The rows are built here, on the event loop's thread; the transaction's thread only
         # sends them. Python run there holds the GIL against the event loop (a 10,000-step
         # run's flush would stall its dispatcher).
-        left = await self._tx.run("recording", self._statements(changes), serialize=True)
+        if self._postgres and not (changes.runs or changes.subplans):
+            # Inserts and releases only: one statement, one round trip.
+            work, transaction = self._one_statement(changes), False
+        else:
+            work, transaction = self._statements(changes), True
+        left = await self._tx.run("recording", work, serialize=True, transaction=transaction)
         for release, depth in zip(changes.releases, left, strict=True):
             release.left, release.written = depth, True
+
+    def _one_statement(self, changes: Changes) -> Callable[[Connection], list[int | None]]:
+        """`_statements` for a batch without updates, as one PostgreSQL statement."""
+        time = self._hot.time
+        new_runs = [mapping.run_row(n.run, n.plan_json, time) for n in changes.created]
+        added = [mapping.subplan_row(s, time) for n in changes.created for s in n.subplans]
+        added.extend(mapping.subplan_row(s, time) for s in changes.added)
+        events = mapping.event_rows(changes.events, time) if changes.events else []
+        releases = [(r.resource, r.owner_id) for r in changes.releases]
+        sql, params = batch_statement((new_runs, added, events), releases)
+
+        def apply(conn: Connection) -> list[int | None]:
+            left = {(t, i, o): depth for t, i, o, depth in conn.exec_driver_sql(sql, params)}
+            return [left.get((r.kind.value, r.name, owner)) for r, owner in releases]
+
+        return apply
 
     def _statements(self, changes: Changes) -> Callable[[Connection], list[int | None]]:
         """The writes of `changes`, as the work of one transaction."""
