@@ -98,7 +98,15 @@ class Owner:
 
 
 def this_process() -> tuple[str, int]:
-    return socket.gethostname()[:_HOST_LENGTH] or "localhost", os.getpid()
+    """This host's name and this process's id (asked once per process: every run asks)."""
+    global _this_process
+    pid = os.getpid()
+    if _this_process[1] != pid:  # first call, or a forked child
+        _this_process = (socket.gethostname()[:_HOST_LENGTH] or "localhost", pid)
+    return _this_process
+
+
+_this_process = ("", -1)
 
 
 @dataclass(frozen=True, slots=True)
