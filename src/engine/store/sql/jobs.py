@@ -34,7 +34,7 @@ the process's write lock, shared with the recorder and the locks. Driver errors 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -104,11 +104,11 @@ def _finish_params(out: JobOutcome) -> dict[str, Any]:
     }
 
 
-def _job(row: RowMapping) -> AsyncJob:
+def _job(row: Mapping[Any, Any]) -> AsyncJob:
     return AsyncJob.model_validate(dict(row))
 
 
-def _claimed(rows: Sequence[RowMapping]) -> list[AsyncJob]:
+def _claimed(rows: Sequence[Mapping[Any, Any]]) -> list[AsyncJob]:
     """Claimed rows as jobs, oldest first."""
     return sorted((_job(r) for r in rows), key=lambda j: j.id)
 
@@ -188,11 +188,8 @@ class SqlJobs:
             "recording job outcomes and claiming jobs", both, transaction=False
         )
         applied = list(rows[0]["applied"] or [])  # one row at least: see the statement
-        claimed = [{k: v for k, v in row.items() if k != "applied"} for row in rows]
-        return applied, sorted(
-            (AsyncJob.model_validate(row) for row in claimed if row["id"] is not None),
-            key=lambda j: j.id,
-        )
+        claimed = [{k: v for k, v in row.items() if k != "applied"} for row in rows if row["id"]]
+        return applied, _claimed(claimed)
 
     def _claim(self, worker_id: str, now: datetime, limit: int) -> sa.Update:
         """The claim: one statement, `UPDATE … RETURNING` of the oldest queued jobs."""
