@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import anyio
 import sqlalchemy as sa
@@ -21,7 +22,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.domain.events import Event
-from engine.domain.lock import LockKind
+from engine.domain.lock import LockKind, Resource
 from engine.domain.states import (
     TERMINAL_RUN_STATES,
     TERMINAL_SUBPLAN_STATES,
@@ -37,6 +38,9 @@ from engine.store.sql.locks import SqlLocks, release_locks
 from engine.store.sql.pgbatch import batch_statement
 from engine.store.sql.tables import events, locks, runs, subplan_runs
 from engine.store.sql.transact import Transactions
+
+#: One row for a driver-level executemany (engine.store.sql.mapping).
+Row = tuple[Any, ...]
 
 _RUN_UPDATE = (
     sa.update(runs)
@@ -126,14 +130,20 @@ class SqlStore(SqlLocks, SqlJobs):
         for release, depth in zip(changes.releases, left, strict=True):
             release.left, release.written = depth, True
 
-    def _one_statement(self, changes: Changes) -> Callable[[Connection], list[int | None]]:
-        """`_statements` for a batch without updates, as one PostgreSQL statement."""
+    def _new_rows(
+        self, changes: Changes
+    ) -> tuple[list[Row], list[Row], list[Row], list[tuple[Resource, str]]]:
+        """The rows `changes` inserts (runs, subplans, events) and the locks it releases."""
         time = self._hot.time
         new_runs = [mapping.run_row(n.run, n.plan_json, time) for n in changes.created]
         added = [mapping.subplan_row(s, time) for n in changes.created for s in n.subplans]
         added.extend(mapping.subplan_row(s, time) for s in changes.added)
         events = mapping.event_rows(changes.events, time) if changes.events else []
-        releases = [(r.resource, r.owner_id) for r in changes.releases]
+        return new_runs, added, events, [(r.resource, r.owner_id) for r in changes.releases]
+
+    def _one_statement(self, changes: Changes) -> Callable[[Connection], list[int | None]]:
+        """`_statements` for a batch without updates, as one PostgreSQL statement."""
+        new_runs, added, events, releases = self._new_rows(changes)
         sql, params = batch_statement((new_runs, added, events), releases)
 
         def apply(conn: Connection) -> list[int | None]:
@@ -145,14 +155,10 @@ class SqlStore(SqlLocks, SqlJobs):
     def _statements(self, changes: Changes) -> Callable[[Connection], list[int | None]]:
         """The writes of `changes`, as the work of one transaction."""
         hot, time = self._hot, self._hot.time
-        new_runs = [mapping.run_row(n.run, n.plan_json, time) for n in changes.created]
-        added = [mapping.subplan_row(s, time) for n in changes.created for s in n.subplans]
-        added.extend(mapping.subplan_row(s, time) for s in changes.added)
+        new_runs, added, events, releases = self._new_rows(changes)
         run_updates = [mapping.run_update(run) for run in changes.runs]
         run_ids = [run.id for run in changes.runs]
         sub_updates = [mapping.subplan_update(s, time) for s in changes.subplans]
-        events = mapping.event_rows(changes.events, time) if changes.events else []
-        releases = [(r.resource, r.owner_id) for r in changes.releases]
         location = self._location
 
         def apply(conn: Connection) -> list[int | None]:
