@@ -48,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord, lost_worker_message
 from engine.domain.states import TERMINAL_JOB_STATUSES, AsyncJobStatus
 from engine.store.sql.errors import translated
-from engine.store.sql.pgbatch import finish_and_claim_statement
+from engine.store.sql.pgbatch import PgStatements
 from engine.store.sql.tables import jobs, workers
 from engine.store.sql.transact import Transactions
 
@@ -126,6 +126,8 @@ class SqlJobs:
     def __init__(self, engine: AsyncEngine) -> None:
         self._jobs_engine = engine
         self._jobs_sqlite = engine.dialect.name == "sqlite"
+        #: One-statement outcomes and claim (PostgreSQL only).
+        self._jobs_pg = PgStatements(engine.dialect) if not self._jobs_sqlite else None
         insert = sqlite.insert if self._jobs_sqlite else postgresql.insert
         new = insert(workers)
         self._upsert_worker = new.on_conflict_do_update(
@@ -161,11 +163,13 @@ class SqlJobs:
         if not outcomes:  # the claim alone: one statement, no transaction around it
             return [], await self.claim_jobs(worker_id, now, limit)
         if (
-            not self._jobs_sqlite
+            self._jobs_pg is not None
             and len(outcomes) <= _CHUNK
             and not any(o.status is AsyncJobStatus.QUEUED for o in outcomes)
         ):
-            return await self._finish_and_claim_at_once(outcomes, worker_id, now, limit)
+            return await self._finish_and_claim_at_once(
+                self._jobs_pg, outcomes, worker_id, now, limit
+            )
         claim = self._claim(worker_id, now, limit)
 
         def both(conn: Connection) -> tuple[list[str], list[RowMapping]]:
@@ -176,10 +180,15 @@ class SqlJobs:
         return applied, _claimed(rows)
 
     async def _finish_and_claim_at_once(
-        self, outcomes: Sequence[JobOutcome], worker_id: str, now: datetime, limit: int
+        self,
+        pg: PgStatements,
+        outcomes: Sequence[JobOutcome],
+        worker_id: str,
+        now: datetime,
+        limit: int,
     ) -> tuple[list[str], list[AsyncJob]]:
         """PostgreSQL, no hand-backs: one statement (`pgbatch`), one round trip."""
-        sql, params = finish_and_claim_statement(outcomes, worker_id, now, limit)
+        sql, params = pg.finish_and_claim(outcomes, worker_id, now, limit)
 
         def both(conn: Connection) -> list[RowMapping]:
             return list(conn.exec_driver_sql(sql, params).mappings().all())

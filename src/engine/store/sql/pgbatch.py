@@ -5,11 +5,11 @@ its turn on a busy event loop. Two writes a worker makes per batch of jobs are s
 one statement of data-modifying CTEs, whose rows travel as one array per column (`unnest`):
 one round trip, atomic on its own (autocommit).
 
-- `batch_statement`: a recorder batch that only inserts and releases (16 new runs with their
+- `PgStatements.batch`: a recorder batch that only inserts and releases (16 new runs with their
   subplans and events, and their locks): seven round trips before. Foreign keys are checked at
   the end of the statement, so subplans and events may name runs it inserts. The answer is one
   row per released lock that was held: its key, its owner and the depth left.
-- `finish_and_claim_statement`: job outcomes, fenced by worker and token as `_FINISH` in
+- `PgStatements.finish_and_claim`: job outcomes, fenced by worker and token as `_FINISH` in
   `engine.store.sql.jobs`, and the next claim: five round trips before. The answer is the
   claimed rows, each with the ids of the outcomes applied (one row of NULLs and those ids if
   nothing was claimed). Hand-backs are not written this way (they also notify).
@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
 
 from engine.domain.job import JobOutcome
 from engine.domain.lock import Resource
@@ -30,108 +30,118 @@ from engine.domain.states import AsyncJobStatus
 from engine.store.sql import mapping
 from engine.store.sql.tables import events, jobs, locks, runs, subplan_runs
 
-_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+Rows = Sequence[tuple[Any, ...]]
 
-
-def _array_types(table: sa.Table, columns: Sequence[str]) -> list[str]:
-    return [f"{table.c[name].type.compile(dialect=_DIALECT)}[]" for name in columns]
-
-
-_INSERTS = (
-    (runs, mapping.RUN_COLUMNS, _array_types(runs, mapping.RUN_COLUMNS)),
-    (subplan_runs, mapping.SUBPLAN_COLUMNS, _array_types(subplan_runs, mapping.SUBPLAN_COLUMNS)),
-    (events, mapping.EVENT_COLUMNS, _array_types(events, mapping.EVENT_COLUMNS)),
-)
-_KEY_TYPES = _array_types(locks, ("resource_type", "resource_id", "owner_id"))
-
-
-def batch_statement(
-    rows: tuple[Sequence[tuple[Any, ...]], Sequence[tuple[Any, ...]], Sequence[tuple[Any, ...]]],
-    releases: Sequence[tuple[Resource, str]],
-) -> tuple[str, tuple[Any, ...]]:
-    """The statement and its parameters for new runs, subplans and events (tuples in
-    mapping's column orders) and lock releases (resource, owner id)."""
-    parts: list[str] = []
-    params: list[Any] = []
-
-    def arrays(columns: Sequence[Sequence[Any]], types: Sequence[str]) -> str:
-        """`unnest($n::type[], ...)` of one array parameter per column."""
-        marks = []
-        for values, type_ in zip(columns, types, strict=True):
-            params.append(list(values))
-            marks.append(f"${len(params)}::{type_}")
-        return f"unnest({', '.join(marks)})"
-
-    for n, ((table, names, types), new) in enumerate(zip(_INSERTS, rows, strict=True)):
-        if new:
-            columns = list(zip(*new, strict=True))
-            parts.append(
-                f"i{n} AS (INSERT INTO {table.name} ({', '.join(names)}) "
-                f"SELECT * FROM {arrays(columns, types)})"
-            )
-    answer = "SELECT NULL::text, NULL::text, NULL::text, NULL::integer WHERE false"
-    if releases:
-        keys = [
-            [r.kind.value for r, _ in releases],
-            [r.name for r, _ in releases],
-            [owner for _, owner in releases],
-        ]
-        held, mine = locks.name, f"SELECT * FROM {arrays(keys, _KEY_TYPES)} AS m(t, i, o)"
-        match = "l.resource_type = m.t AND l.resource_id = m.i AND l.owner_id = m.o"
-        parts.append(f"mine AS ({mine})")
-        # Disjoint (depth 1 or more than 1): both see the rows as they were before.
-        parts.append(
-            f"gone AS (DELETE FROM {held} AS l USING mine AS m WHERE {match} AND l.depth = 1 "
-            "RETURNING l.resource_type, l.resource_id, l.owner_id, 0 AS depth)"
-        )
-        parts.append(
-            f"down AS (UPDATE {held} AS l SET depth = l.depth - 1 FROM mine AS m "
-            f"WHERE {match} AND l.depth > 1 "
-            "RETURNING l.resource_type, l.resource_id, l.owner_id, l.depth)"
-        )
-        answer = "SELECT * FROM gone UNION ALL SELECT * FROM down"
-    return f"WITH {', '.join(parts)} {answer}", tuple(params)
-
-
-_OUTCOME_TYPES = _array_types(
-    jobs,
-    ("id", "worker_id", "attempts", "status", "finished_at", "error_message", "result", "run_id"),
+#: An outcome's columns, in `finish_and_claim`'s parameter order.
+_OUTCOME_COLUMNS = (
+    "id",
+    "worker_id",
+    "attempts",
+    "status",
+    "finished_at",
+    "error_message",
+    "result",
+    "run_id",
 )
 _RUNNING, _QUEUED = AsyncJobStatus.RUNNING.value, AsyncJobStatus.QUEUED.value
 
 
-def finish_and_claim_statement(
-    outcomes: Sequence[JobOutcome], worker_id: str, now: datetime, limit: int
-) -> tuple[str, tuple[Any, ...]]:
-    """The statement and its parameters that apply `outcomes` (none of them a hand-back) and
-    then claim up to `limit` queued jobs for `worker_id`."""
-    columns = [
-        [o.job_id for o in outcomes],
-        [o.worker_id for o in outcomes],
-        [o.token for o in outcomes],
-        [o.status.value for o in outcomes],
-        [o.at for o in outcomes],
-        [o.error_message for o in outcomes],
-        [o.result for o in outcomes],
-        [o.run_id for o in outcomes],
-    ]
-    marks = ", ".join(f"${n}::{t}" for n, t in enumerate(_OUTCOME_TYPES, start=1))
-    n = len(_OUTCOME_TYPES)
-    table = jobs.name
-    sql = (
-        f"WITH v AS (SELECT * FROM unnest({marks}) "
-        "AS v(id, worker, token, status, finished, error, result, run)), "
-        f"done AS (UPDATE {table} AS j SET status = v.status, finished_at = v.finished, "
-        "error_message = v.error, result = v.result, run_id = coalesce(v.run, j.run_id) "
-        f"FROM v WHERE j.id = v.id AND j.status = '{_RUNNING}' AND j.worker_id = v.worker "
-        "AND j.attempts = v.token RETURNING j.id), "
-        f"picked AS MATERIALIZED (SELECT id FROM {table} WHERE status = '{_QUEUED}' "
-        f"ORDER BY id LIMIT ${n + 1} FOR UPDATE SKIP LOCKED), "
-        f"claimed AS (UPDATE {table} SET status = '{_RUNNING}', worker_id = ${n + 2}, "
-        f"attempts = attempts + 1, started_at = ${n + 3}, last_heartbeat = ${n + 3}, "
-        f"finished_at = NULL WHERE id IN (SELECT id FROM picked) AND status = '{_QUEUED}' "
-        "RETURNING *) "
-        "SELECT d.applied, c.* FROM (SELECT array_agg(id) AS applied FROM done) AS d "
-        "LEFT JOIN claimed AS c ON true"
-    )
-    return sql, (*columns, limit, worker_id, now)
+class PgStatements:
+    """The two statements, with each column's array type as the store's dialect names it."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        def array_types(table: sa.Table, columns: Sequence[str]) -> list[str]:
+            return [f"{table.c[name].type.compile(dialect=dialect)}[]" for name in columns]
+
+        self._inserts = [
+            (table.name, columns, array_types(table, columns))
+            for table, columns in (
+                (runs, mapping.RUN_COLUMNS),
+                (subplan_runs, mapping.SUBPLAN_COLUMNS),
+                (events, mapping.EVENT_COLUMNS),
+            )
+        ]
+        self._key_types = array_types(locks, ("resource_type", "resource_id", "owner_id"))
+        self._outcome_types = array_types(jobs, _OUTCOME_COLUMNS)
+
+    def batch(
+        self, rows: tuple[Rows, Rows, Rows], releases: Sequence[tuple[Resource, str]]
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The statement and its parameters for new runs, subplans and events (tuples in
+        mapping's column orders) and lock releases (resource, owner id)."""
+        parts: list[str] = []
+        params: list[Any] = []
+
+        def unnest(columns: Sequence[Sequence[Any]], types: Sequence[str]) -> str:
+            """`unnest($n::type[], ...)` of one array parameter per column."""
+            marks = []
+            for values, type_ in zip(columns, types, strict=True):
+                params.append(list(values))
+                marks.append(f"${len(params)}::{type_}")
+            return f"unnest({', '.join(marks)})"
+
+        for n, ((table, names, types), new) in enumerate(zip(self._inserts, rows, strict=True)):
+            if new:
+                columns = list(zip(*new, strict=True))
+                parts.append(
+                    f"i{n} AS (INSERT INTO {table} ({', '.join(names)}) "
+                    f"SELECT * FROM {unnest(columns, types)})"
+                )
+        answer = "SELECT NULL::text, NULL::text, NULL::text, NULL::integer WHERE false"
+        if releases:
+            keys = [
+                [r.kind.value for r, _ in releases],
+                [r.name for r, _ in releases],
+                [owner for _, owner in releases],
+            ]
+            mine = f"SELECT * FROM {unnest(keys, self._key_types)} AS m(t, i, o)"
+            match = "l.resource_type = m.t AND l.resource_id = m.i AND l.owner_id = m.o"
+            parts.append(f"mine AS ({mine})")
+            # Disjoint (depth 1 or more than 1): both see the rows as they were before.
+            parts.append(
+                f"gone AS (DELETE FROM {locks.name} AS l USING mine AS m WHERE {match} "
+                "AND l.depth = 1 RETURNING l.resource_type, l.resource_id, l.owner_id, 0)"
+            )
+            parts.append(
+                f"down AS (UPDATE {locks.name} AS l SET depth = l.depth - 1 FROM mine AS m "
+                f"WHERE {match} AND l.depth > 1 "
+                "RETURNING l.resource_type, l.resource_id, l.owner_id, l.depth)"
+            )
+            answer = "SELECT * FROM gone UNION ALL SELECT * FROM down"
+        return f"WITH {', '.join(parts)} {answer}", tuple(params)
+
+    def finish_and_claim(
+        self, outcomes: Sequence[JobOutcome], worker_id: str, now: datetime, limit: int
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The statement and its parameters that apply `outcomes` (none of them a hand-back)
+        and then claim up to `limit` queued jobs for `worker_id`."""
+        columns = [
+            [o.job_id for o in outcomes],
+            [o.worker_id for o in outcomes],
+            [o.token for o in outcomes],
+            [o.status.value for o in outcomes],
+            [o.at for o in outcomes],
+            [o.error_message for o in outcomes],
+            [o.result for o in outcomes],
+            [o.run_id for o in outcomes],
+        ]
+        marks = ", ".join(f"${n}::{t}" for n, t in enumerate(self._outcome_types, start=1))
+        n = len(self._outcome_types)
+        table = jobs.name
+        sql = (
+            f"WITH v AS (SELECT * FROM unnest({marks}) "
+            "AS v(id, worker, token, status, finished, error, result, run)), "
+            f"done AS (UPDATE {table} AS j SET status = v.status, finished_at = v.finished, "
+            "error_message = v.error, result = v.result, run_id = coalesce(v.run, j.run_id) "
+            f"FROM v WHERE j.id = v.id AND j.status = '{_RUNNING}' AND j.worker_id = v.worker "
+            "AND j.attempts = v.token RETURNING j.id), "
+            f"picked AS MATERIALIZED (SELECT id FROM {table} WHERE status = '{_QUEUED}' "
+            f"ORDER BY id LIMIT ${n + 1} FOR UPDATE SKIP LOCKED), "
+            f"claimed AS (UPDATE {table} SET status = '{_RUNNING}', worker_id = ${n + 2}, "
+            f"attempts = attempts + 1, started_at = ${n + 3}, last_heartbeat = ${n + 3}, "
+            f"finished_at = NULL WHERE id IN (SELECT id FROM picked) AND status = '{_QUEUED}' "
+            "RETURNING *) "
+            "SELECT d.applied, c.* FROM (SELECT array_agg(id) AS applied FROM done) AS d "
+            "LEFT JOIN claimed AS c ON true"
+        )
+        return sql, (*columns, limit, worker_id, now)

@@ -35,7 +35,7 @@ from engine.store.sql import mapping
 from engine.store.sql.errors import translated
 from engine.store.sql.jobs import SqlJobs
 from engine.store.sql.locks import SqlLocks, release_locks
-from engine.store.sql.pgbatch import batch_statement
+from engine.store.sql.pgbatch import PgStatements
 from engine.store.sql.tables import events, locks, runs, subplan_runs
 from engine.store.sql.transact import Transactions
 
@@ -105,7 +105,8 @@ class SqlStore(SqlLocks, SqlJobs):
         self._engine = engine
         self._location = location
         self._hot = _HotStatements(engine.dialect)
-        self._postgres = engine.dialect.name == "postgresql"
+        #: One-statement batches (PostgreSQL only).
+        self._pg = PgStatements(engine.dialect) if engine.dialect.name == "postgresql" else None
 
     @property
     def location(self) -> str:
@@ -121,9 +122,9 @@ class SqlStore(SqlLocks, SqlJobs):
         # The rows are built here, on the event loop's thread; the transaction's thread only
         # sends them. Python run there holds the GIL against the event loop (a 10,000-step
         # run's flush would stall its dispatcher).
-        if self._postgres and not (changes.runs or changes.subplans):
+        if self._pg is not None and not (changes.runs or changes.subplans):
             # Inserts and releases only: one statement, one round trip.
-            work, transaction = self._one_statement(changes), False
+            work, transaction = self._one_statement(self._pg, changes), False
         else:
             work, transaction = self._statements(changes), True
         left = await self._tx.run("recording", work, serialize=True, transaction=transaction)
@@ -141,10 +142,12 @@ class SqlStore(SqlLocks, SqlJobs):
         events = mapping.event_rows(changes.events, time) if changes.events else []
         return new_runs, added, events, [(r.resource, r.owner_id) for r in changes.releases]
 
-    def _one_statement(self, changes: Changes) -> Callable[[Connection], list[int | None]]:
+    def _one_statement(
+        self, pg: PgStatements, changes: Changes
+    ) -> Callable[[Connection], list[int | None]]:
         """`_statements` for a batch without updates, as one PostgreSQL statement."""
         new_runs, added, events, releases = self._new_rows(changes)
-        sql, params = batch_statement((new_runs, added, events), releases)
+        sql, params = pg.batch((new_runs, added, events), releases)
 
         def apply(conn: Connection) -> list[int | None]:
             left = {(t, i, o): depth for t, i, o, depth in conn.exec_driver_sql(sql, params)}
