@@ -397,7 +397,10 @@ class LockService:
         (then `scope`, its block's, is cancelled) or released by a write of its own."""
         if held.released:
             return None
-        if held.handing_over:  # a write may be deleting it right now: look again soon
+        if held.handing_over:
+            # A write may be deleting it right now (a renewal would find it gone and call it
+            # lost): look again soon. The block is over by then; only a write slower than the
+            # rest of the TTL lets the lock expire before it.
             return max(held.ttl / 10, 0.01)
         try:
             # Shielded: a statement cancelled in flight makes SQLAlchemy close its aiosqlite
