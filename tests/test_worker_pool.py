@@ -19,6 +19,7 @@ from engine.domain.states import AsyncJobStatus, RunState
 from engine.errors import JobNotFoundError, StoreError
 from engine.testing import ManualClock, hosted, settings_for_test
 from engine.worker import WorkerPool
+from engine.worker import outcomes as outcomes_module
 
 S = AsyncJobStatus
 BEAT = 5.0  # heartbeat_interval of these tests
@@ -85,6 +86,40 @@ async def test_a_burst_worker_runs_every_job_once_and_links_its_run(eng: Engine)
         assert run.state is RunState.COMPLETED
         assert '"completed":1' in (job.result or "")
     assert await eng.store.list_workers() == []  # unregistered on exit
+
+
+async def test_outcomes_are_written_by_the_next_claim(
+    eng: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy worker writes its jobs' outcomes in the transaction of its next claim (the last
+    claim of a burst finds the queue empty and still carries them): none on their own."""
+    ids = [await eng.submit(plan(f"c{i}", call("a", "value", x=i))) for i in range(5)]
+    alone: list[int] = []
+    carried: list[int] = []
+    store = eng.store
+    real_finish, real_carry = store.finish_jobs, store.finish_and_claim
+
+    async def finish_jobs(outcomes: Any) -> list[str]:
+        alone.append(len(outcomes))
+        return await real_finish(outcomes)
+
+    async def finish_and_claim(outcomes: Any, *args: Any, **kwargs: Any) -> Any:
+        carried.append(len(outcomes))
+        return await real_carry(outcomes, *args, **kwargs)
+
+    monkeypatch.setattr(store, "finish_jobs", finish_jobs)
+    monkeypatch.setattr(store, "finish_and_claim", finish_and_claim)
+    # The writer task would write them itself only after HOLD (a loaded machine may pause).
+    monkeypatch.setattr(outcomes_module, "HOLD", 60.0)
+    pool = eng.worker(concurrency=2, burst=True)
+    await pool.run()
+    assert pool.statistics().succeeded == 5
+    assert sum(carried) == 5
+    # The memory store's finish_and_claim applies them through its own finish_jobs: any
+    # other call would be an outcome written on its own.
+    assert alone == carried
+    for job_id in ids:
+        assert (await eng.get_job(job_id)).status is S.SUCCEEDED
 
 
 async def test_a_failed_plan_fails_the_job_with_a_redacted_error(
