@@ -118,16 +118,16 @@ def _worker(row: RowMapping) -> WorkerRecord:
 
 
 class SqlJobs:
-    """Needs `_tx` (its write path) and `_location` from the store it is a base of."""
+    """Needs `_tx` (its write path), `_pg` (one-statement writes, PostgreSQL only) and
+    `_location` from the store it is a base of."""
 
     _location: str
     _tx: Transactions
+    _pg: PgStatements | None
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._jobs_engine = engine
         self._jobs_sqlite = engine.dialect.name == "sqlite"
-        #: One-statement outcomes and claim (PostgreSQL only).
-        self._jobs_pg = PgStatements(engine.dialect) if not self._jobs_sqlite else None
         insert = sqlite.insert if self._jobs_sqlite else postgresql.insert
         new = insert(workers)
         self._upsert_worker = new.on_conflict_do_update(
@@ -163,13 +163,11 @@ class SqlJobs:
         if not outcomes:  # the claim alone: one statement, no transaction around it
             return [], await self.claim_jobs(worker_id, now, limit)
         if (
-            self._jobs_pg is not None
+            self._pg is not None
             and len(outcomes) <= _CHUNK
             and not any(o.status is AsyncJobStatus.QUEUED for o in outcomes)
         ):
-            return await self._finish_and_claim_at_once(
-                self._jobs_pg, outcomes, worker_id, now, limit
-            )
+            return await self._finish_and_claim_at_once(self._pg, outcomes, worker_id, now, limit)
         claim = self._claim(worker_id, now, limit)
 
         def both(conn: Connection) -> tuple[list[str], list[RowMapping]]:

@@ -100,13 +100,13 @@ def _placeholders(paramstyle: str) -> Callable[[int], list[str]]:
 class SqlStore(SqlLocks, SqlJobs):
     def __init__(self, engine: AsyncEngine, location: str) -> None:
         self._tx = Transactions(engine, location)
+        #: One-statement writes (PostgreSQL only): the recorder's batches and the jobs'.
+        self._pg = PgStatements(engine.dialect) if engine.dialect.name == "postgresql" else None
         super().__init__(engine, location)
         SqlJobs.__init__(self, engine)
         self._engine = engine
         self._location = location
         self._hot = _HotStatements(engine.dialect)
-        #: One-statement batches (PostgreSQL only).
-        self._pg = PgStatements(engine.dialect) if engine.dialect.name == "postgresql" else None
 
     @property
     def location(self) -> str:
