@@ -3,6 +3,7 @@ versions checked on open, driver errors translated, URLs validated."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -183,9 +184,10 @@ async def test_a_started_sqlite_write_finishes_even_when_its_caller_is_cancelled
     assert isinstance(store, SqlStore)
     started, go = anyio.Event(), threading.Event()
     run = a_run()
+    loop = asyncio.get_running_loop()
 
-    def work(conn: Connection) -> None:
-        anyio.from_thread.run_sync(started.set)
+    def work(conn: Connection) -> None:  # in the store's writer thread
+        loop.call_soon_threadsafe(started.set)
         assert go.wait(10)
         store._statements(Changes(created=[NewRun(run, "{}", [])]))(conn)
 

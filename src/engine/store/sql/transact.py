@@ -3,29 +3,36 @@
 The hot writes (claims, completions, heartbeats, lock batches, the recorder's batches) are
 written as synchronous functions of a SQLAlchemy `Connection` and run here:
 
-- On an SQLite file, in a thread, on a synchronous connection (the standard library's sqlite3)
-  of the same file: ONE thread hop per transaction. Through aiosqlite every statement costs
-  several hops (cursor, execute, fetch, close, each a round trip to its thread and back to the
-  event loop), which made SQLAlchemy async 4-5x slower per statement than the driver
-  (PERFORMANCE.md); measured here, a transaction of an 8-row insert took 1.26 ms through the
-  async engine and 0.37 ms this way. The thread call is not abandoned when its caller is
-  cancelled: a transaction that started finishes (bounded by the busy timeout), so nothing is
-  ever half-sent and no connection is closed mid-statement.
+- On an SQLite file, in the store's writer thread, on a synchronous connection (the standard
+  library's sqlite3) of the same file: ONE thread hop per transaction. Through aiosqlite every
+  statement costs several hops (cursor, execute, fetch, close, each a round trip to its thread
+  and back to the event loop), which made SQLAlchemy async 4-5x slower per statement than the
+  driver (PERFORMANCE.md); measured here, a transaction of an 8-row insert took 1.26 ms through
+  the async engine and 0.37 ms this way. A write is handed to the thread at once, without
+  yielding to the event loop first (`anyio.to_thread` and an `anyio.Lock` each yield, and on a
+  busy loop every yield waited for all the ready tasks to run: the thread then idled while the
+  loop ran the very work it could have overlapped). The thread takes writes in order, so it is
+  also the write lock. A write is not abandoned when its caller is cancelled: a transaction
+  that started finishes (bounded by the busy timeout), so nothing is ever half-sent and no
+  connection is closed mid-statement.
 - On PostgreSQL (and an in-memory SQLite database, which only the async engine's single
   connection can see), through the async engine's `run_sync`: the same function, with the
   driver's own async I/O.
 
-On SQLite every write of the process takes one lock first (the file has one writer at a time:
-waiting in the process is cheaper than waiting in `busy_timeout`); on PostgreSQL only the
-recorder's batches do (`serialize=True`: one writer path for runs), while claims, completions
-and locks rely on row locks. Driver errors become `StoreError`s here (`translated`).
+On SQLite every write of the process goes through the one thread (the file has one writer at a
+time: waiting in the process is cheaper than waiting in `busy_timeout`); on PostgreSQL only the
+recorder's batches take a lock (`serialize=True`: one writer path for runs), while claims,
+completions and locks rely on row locks. Driver errors become `StoreError`s here (`translated`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import queue
+import threading
 from collections.abc import Callable
-from contextlib import nullcontext
-from typing import Any, TypeVar
+from contextlib import nullcontext, suppress
+from typing import Any, Generic, TypeVar
 
 import anyio
 from sqlalchemy.engine import Connection, Engine, RowMapping
@@ -43,18 +50,17 @@ class Transactions:
         sqlite = engine.dialect.name == "sqlite"
         self._location = location
         self._serialize = sqlite
-        #: Held around every write on SQLite, and around `serialize=True` writes anywhere.
+        #: Held around `serialize=True` writes through the async engine (the writer thread
+        #: serializes its own).
         self._write_lock = anyio.Lock()
         self._async_tx = writer(engine)
         self._async_auto = (
             autocommit(engine) if sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         )
-        self._sync: Engine | None = None
+        self._thread: WriterThread | None = None
         if sqlite and sqlite_path(engine.url) is not None:
-            self._sync = sync_sqlite_engine(engine.url)
-            self._sync_tx = writer(self._sync)
-            self._sync_auto = autocommit(self._sync)
-        self._limiter = anyio.CapacityLimiter(1)
+            sync = sync_sqlite_engine(engine.url)
+            self._thread = WriterThread(sync, name=f"writer {location}")
 
     async def run(
         self,
@@ -67,10 +73,14 @@ class Transactions:
         """`work(conn)` in one transaction (`BEGIN IMMEDIATE` on SQLite), committed when it
         returns and rolled back if it raises; `transaction=False`: in autocommit (each
         statement commits on its own: single statements). `doing` names it in errors."""
-        lock = self._write_lock if serialize or self._serialize else nullcontext()
-        async with lock:
-            with translated(self._location, doing):
-                return await self._run(work, transaction)
+        with translated(self._location, doing):
+            if self._thread is not None:
+                return await self._thread.run(work, transaction)
+            lock = self._write_lock if serialize or self._serialize else nullcontext()
+            async with lock:
+                engine = self._async_tx if transaction else self._async_auto
+                async with engine.begin() as conn:
+                    return await conn.run_sync(work)
 
     async def one(self, doing: str, statement: Executable, params: Any = None) -> Any:
         """One statement in autocommit: its rows (fetched before the cursor closes) or its row
@@ -82,19 +92,71 @@ class Transactions:
 
         return await self.run(doing, work, transaction=False)
 
-    async def _run(self, work: Callable[[Connection], T], transaction: bool) -> T:
-        if self._sync is None:
-            engine = self._async_tx if transaction else self._async_auto
-            async with engine.begin() as conn:
-                return await conn.run_sync(work)
-        sync = self._sync_tx if transaction else self._sync_auto
-        return await anyio.to_thread.run_sync(_in_transaction, sync, work, limiter=self._limiter)
+    async def close(self) -> None:
+        if self._thread is not None:
+            await self._thread.close()
+
+
+class WriterThread:
+    """One thread that makes every write to an SQLite file, in the order they were handed to
+    it, each in its own transaction (or in autocommit) on the one synchronous connection.
+
+    Started on the first write, stopped by `close()` (a daemon thread: a store never closed
+    cannot keep the process alive). Asyncio only: the answer comes back through the caller's
+    event loop (`call_soon_threadsafe`)."""
+
+    def __init__(self, engine: Engine, *, name: str) -> None:
+        self._engine = engine
+        self._engines = {True: writer(engine), False: autocommit(engine)}
+        self._name = name
+        self._queue: queue.SimpleQueue[_Write[Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, work: Callable[[Connection], T], transaction: bool) -> T:
+        """Hand `work` to the thread now (no yield before) and wait for its answer. Not
+        abandoned if the caller is cancelled meanwhile: the cancellation is delivered after."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
+        write = _Write(work, transaction, asyncio.get_running_loop())
+        self._queue.put(write)
+        with anyio.CancelScope(shield=True):
+            await write.done.wait()
+        if write.error is not None:
+            raise write.error
+        return write.answer  # type: ignore[return-value]  # set when no error
 
     async def close(self) -> None:
-        if self._sync is not None:
-            await anyio.to_thread.run_sync(self._sync.dispose, limiter=self._limiter)
+        """Finish the writes handed over so far, close the connection and stop the thread."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(None)
+        await anyio.to_thread.run_sync(thread.join)
+
+    def _serve(self) -> None:
+        try:
+            while (write := self._queue.get()) is not None:
+                try:
+                    with self._engines[write.transaction].begin() as conn:
+                        write.answer = write.work(conn)
+                except BaseException as exc:  # handed to the caller, raised there
+                    write.error = exc
+                with suppress(RuntimeError):  # its loop is closed: nobody waits for the answer
+                    write.loop.call_soon_threadsafe(write.done.set)
+        finally:
+            self._engine.dispose()
 
 
-def _in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
-    with engine.begin() as conn:
-        return work(conn)
+class _Write(Generic[T]):
+    __slots__ = ("answer", "done", "error", "loop", "transaction", "work")
+
+    def __init__(
+        self, work: Callable[[Connection], T], transaction: bool, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.work = work
+        self.transaction = transaction
+        self.loop = loop
+        self.done = asyncio.Event()
+        self.answer: T | None = None
+        self.error: BaseException | None = None
