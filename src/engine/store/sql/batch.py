@@ -86,13 +86,14 @@ class GroupCommit(Generic[Request, Answer]):
         finally:
             self.batches += 1
             self.requests += len(batch)
-            for pending in batch:
-                pending.finished = True
-                _wake(pending)
+            # The next leader first: its batch is sent before this batch's callers run on.
             if self._queue:
                 _wake(self._queue[0])  # it leads the next batch (it queued behind this one)
             else:
                 self._busy = False
+            for pending in batch:
+                pending.finished = True
+                _wake(pending)
 
     def _take(self) -> list[_Pending[Request, Answer]]:
         """The oldest queued requests, one per key, at most `max_batch`; the rest stay queued
