@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord, lost_worker_message
 from engine.domain.states import TERMINAL_JOB_STATUSES, AsyncJobStatus
+from engine.store.sql import litebatch
 from engine.store.sql.errors import translated
 from engine.store.sql.pgbatch import PgStatements
 from engine.store.sql.tables import jobs, workers
@@ -154,7 +155,14 @@ class SqlJobs:
         await self._tx.run("enqueueing jobs", enqueue)
 
     async def claim_jobs(self, worker_id: str, now: datetime, limit: int) -> list[AsyncJob]:
-        rows = await self._tx.one("claiming jobs", self._claim(worker_id, now, limit))
+        if self._jobs_sqlite:
+            rows: Sequence[Mapping[Any, Any]] = await self._tx.run(
+                "claiming jobs",
+                lambda conn: litebatch.claim(conn, worker_id, now, limit),
+                transaction=False,
+            )
+        else:
+            rows = await self._tx.one("claiming jobs", self._claim(worker_id, now, limit))
         return _claimed(rows)
 
     async def finish_and_claim(
@@ -168,11 +176,18 @@ class SqlJobs:
             and not any(o.status is AsyncJobStatus.QUEUED for o in outcomes)
         ):
             return await self._finish_and_claim_at_once(self._pg, outcomes, worker_id, now, limit)
-        claim = self._claim(worker_id, now, limit)
+        if self._jobs_sqlite:
 
-        def both(conn: Connection) -> tuple[list[str], list[RowMapping]]:
-            applied = self._finish_all(conn, outcomes)
-            return applied, list(conn.execute(claim).mappings().all())
+            def both(conn: Connection) -> tuple[list[str], Sequence[Mapping[Any, Any]]]:
+                applied = litebatch.finish(conn, outcomes)
+                return applied, litebatch.claim(conn, worker_id, now, limit)
+
+        else:
+            claim = self._claim(worker_id, now, limit)
+
+            def both(conn: Connection) -> tuple[list[str], Sequence[Mapping[Any, Any]]]:
+                applied = self._finish_all(conn, outcomes)
+                return applied, list(conn.execute(claim).mappings().all())
 
         applied, rows = await self._tx.run("recording job outcomes and claiming jobs", both)
         return applied, _claimed(rows)
@@ -248,6 +263,8 @@ class SqlJobs:
         )
 
     def _finish_all(self, conn: Connection, outcomes: Sequence[JobOutcome]) -> list[str]:
+        if self._jobs_sqlite:
+            return litebatch.finish(conn, outcomes)  # no notifications on SQLite
         applied: list[str] = []
         for start in range(0, len(outcomes), _CHUNK):
             applied.extend(self._finish(conn, outcomes[start : start + _CHUNK]))

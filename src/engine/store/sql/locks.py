@@ -24,7 +24,7 @@ answered on its own. A batch never holds the same lock twice, so its rows cannot
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from engine.domain.lock import LockKind, LockRecord, Resource
+from engine.store.sql import litebatch
 from engine.store.sql.batch import GroupCommit
 from engine.store.sql.errors import translated
 from engine.store.sql.tables import locks
@@ -86,31 +87,37 @@ def release_locks(conn: Connection, requests: Sequence[tuple[Resource, str]]) ->
     wanted = {(*_key(resource), owner) for resource, owner in requests}
     left: dict[Mine, int] = {}
     todo = wanted
+    step = _lite_step if conn.dialect.name == "sqlite" else _core_step
     # Two tries: in autocommit, another process of the same owner may re-enter or release
     # between the two statements (each commits on its own).
     for _ in range(2):
-        for row in _release_step(conn, _RELEASE_LAST, todo):
-            left[(row["resource_type"], row["resource_id"], row["owner_id"])] = 0
-        todo = {t for t in todo if t not in left}
-        if not todo:
-            break
-        for row in _release_step(conn, _RELEASE_ONE_LEVEL, todo):
-            left[(row["resource_type"], row["resource_id"], row["owner_id"])] = row["depth"]
-        todo = {t for t in todo if t not in left}
+        for last in (True, False):
+            for type_, id_, owner, depth in step(conn, last, todo):
+                left[(type_, id_, owner)] = depth
+            todo = {t for t in todo if t not in left}
+            if not todo:
+                break
         if not todo:
             break
     return [left.get((*_key(resource), owner)) for resource, owner in requests]
 
 
-def _release_step(
-    conn: Connection, step: tuple[sa.Executable, sa.Executable], todo: set[Mine]
-) -> Iterable[RowMapping]:
-    """The rows of one release step over the locks `todo`."""
-    many, one = step
+def _lite_step(conn: Connection, last: bool, todo: set[Mine]) -> Iterable[Sequence[Any]]:
+    return litebatch.release_step(conn, last, sorted(todo))
+
+
+def _core_step(conn: Connection, last: bool, todo: set[Mine]) -> Iterable[Sequence[Any]]:
+    """The rows of one release step over the locks `todo`: type, id, owner, depth left."""
+    many, one = _RELEASE_LAST if last else _RELEASE_ONE_LEVEL
     if len(todo) == 1:
         ((type_, id_, owner),) = todo
-        return conn.execute(one, {"type": type_, "id": id_, "owner": owner}).mappings()
-    return conn.execute(many, {"mine": list(todo)}).mappings()
+        rows = conn.execute(one, {"type": type_, "id": id_, "owner": owner}).mappings()
+    else:
+        rows = conn.execute(many, {"mine": list(todo)}).mappings()
+    return [
+        (r["resource_type"], r["resource_id"], r["owner_id"], r["depth"] if not last else 0)
+        for r in rows
+    ]
 
 
 def acquire_statement(dialect: str) -> sa.Insert:
@@ -151,7 +158,7 @@ def _is(resource: Resource) -> sa.ColumnElement[bool]:
     )
 
 
-def _record(row: RowMapping, resource: Resource | None = None) -> LockRecord:
+def _record(row: Mapping[Any, Any], resource: Resource | None = None) -> LockRecord:
     """The lock in `row`. Pass `resource` when it is known to be the row's (the one the statement
     asked for): it is used as it is, not parsed and validated again."""
     if resource is None:
@@ -192,22 +199,28 @@ class SqlLocks:
         return await self._acquires.submit(claim)
 
     async def _acquire_batch(self, claims: list[LockRecord]) -> list[LockRecord | None]:
-        rows = [
-            {
-                "resource_type": claim.resource.kind.value,
-                "resource_id": claim.resource.name,
-                "owner_id": claim.owner_id,
-                "acquired_at": claim.acquired_at,
-                "expires_at": claim.expires_at,
-                "depth": 1,
-                "host": claim.host,
-                "pid": claim.pid,
-                "run_id": claim.run_id,
-            }
-            for claim in claims
-        ]
         doing = f"acquiring lock {claims[0].resource}" if len(claims) == 1 else "acquiring locks"
-        returned: list[RowMapping] = await self._tx.one(doing, self._acquire, rows)
+        returned: Sequence[Mapping[Any, Any]]
+        if self._engine.dialect.name == "sqlite":
+            returned = await self._tx.run(
+                doing, lambda conn: litebatch.acquire(conn, claims), transaction=False
+            )
+        else:
+            rows = [
+                {
+                    "resource_type": claim.resource.kind.value,
+                    "resource_id": claim.resource.name,
+                    "owner_id": claim.owner_id,
+                    "acquired_at": claim.acquired_at,
+                    "expires_at": claim.expires_at,
+                    "depth": 1,
+                    "host": claim.host,
+                    "pid": claim.pid,
+                    "run_id": claim.run_id,
+                }
+                for claim in claims
+            ]
+            returned = await self._tx.one(doing, self._acquire, rows)
         taken = {(row["resource_type"], row["resource_id"]): row for row in returned}
         answers: list[LockRecord | None] = []
         for claim in claims:
