@@ -34,7 +34,7 @@ _JOB_COLUMNS = tuple(c.name for c in jobs.c)
 _JOB_TIMES = frozenset(
     c.name for c in jobs.c if c.name.endswith("_at") or c.name == "last_heartbeat"
 )
-_LOCK_COLUMNS = tuple(c.name for c in locks.c)
+LOCK_COLUMNS = tuple(c.name for c in locks.c)
 _LOCK_TIMES = frozenset({"acquired_at", "expires_at"})
 #: Most ids in one `IN (...)` (SQLite allows 32,766 parameters).
 _CHUNK = 500
@@ -100,7 +100,7 @@ def _finish_row(out: JobOutcome) -> tuple[Any, ...]:
 
 
 def acquire(conn: Connection, claims: Sequence[LockRecord]) -> list[dict[str, Any]]:
-    """The upsert of `engine.store.sql.locks.acquire_statement` for these claims (one per key):
+    """The acquire upsert (`engine.store.sql.locks`) for these claims (one per key):
     the rows of the locks taken or re-entered."""
     params: list[Any] = []
     for c in claims:
@@ -115,18 +115,38 @@ def acquire(conn: Connection, claims: Sequence[LockRecord]) -> list[dict[str, An
             c.run_id,
         )
     rows = conn.exec_driver_sql(_acquire_sql(len(claims)), tuple(params)).all()
-    return [_row(_LOCK_COLUMNS, _LOCK_TIMES, row) for row in rows]
+    return [_row(LOCK_COLUMNS, _LOCK_TIMES, row) for row in rows]
 
 
 @cache
 def _acquire_sql(count: int) -> str:
-    table = locks.name
-    mine = f"{table}.owner_id = excluded.owner_id AND {table}.expires_at > excluded.acquired_at"
     values = ", ".join(["(?, ?, ?, ?, ?, 1, ?, ?, ?)"] * count)
     return (
-        f"INSERT INTO {table} (resource_type, resource_id, owner_id, acquired_at, expires_at,"
-        f" depth, host, pid, run_id) VALUES {values}"
-        " ON CONFLICT (resource_type, resource_id) DO UPDATE SET"
+        f"INSERT INTO {locks.name} ({', '.join(LOCK_INSERT_COLUMNS)}) VALUES {values} {ON_CONFLICT}"
+    )
+
+
+#: The columns an acquire inserts, in its parameters' order (`depth` is 1).
+LOCK_INSERT_COLUMNS = (
+    "resource_type",
+    "resource_id",
+    "owner_id",
+    "acquired_at",
+    "expires_at",
+    "depth",
+    "host",
+    "pid",
+    "run_id",
+)
+
+
+def _on_conflict() -> str:
+    """The conflict clause of an acquire (`engine.store.sql.locks`): the same owner
+    holding it unexpired re-enters; another owner's expired lock is taken over."""
+    table = locks.name
+    mine = f"{table}.owner_id = excluded.owner_id AND {table}.expires_at > excluded.acquired_at"
+    return (
+        "ON CONFLICT (resource_type, resource_id) DO UPDATE SET"
         f" depth = CASE WHEN {mine} THEN {table}.depth + 1 ELSE 1 END,"
         f" acquired_at = CASE WHEN {mine} THEN {table}.acquired_at ELSE excluded.acquired_at END,"
         f" expires_at = CASE WHEN {mine} AND {table}.expires_at > excluded.expires_at"
@@ -135,7 +155,7 @@ def _acquire_sql(count: int) -> str:
         " run_id = excluded.run_id"
         f" WHERE {table}.owner_id = excluded.owner_id"
         f" OR {table}.expires_at <= excluded.acquired_at"
-        f" RETURNING {', '.join(_LOCK_COLUMNS)}"
+        f" RETURNING {', '.join(LOCK_COLUMNS)}"
     )
 
 
@@ -171,3 +191,7 @@ def _row(columns: Sequence[str], times: frozenset[str], row: Sequence[Any]) -> d
 
 def _aware(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+#: Shared with PostgreSQL's acquire (`engine.store.sql.pgbatch`).
+ON_CONFLICT = _on_conflict()

@@ -16,6 +16,9 @@ win. Renew and release are single conditional UPDATE/DELETE statements, which Po
 re-checks the same way after waiting for a concurrent writer of the row. SQLite has one writer at
 a time. Statements run in autocommit (one round trip each; PERFORMANCE.md) through the store's
 `Transactions`, and on SQLite they share the process's write lock with the recorder's batches.
+The acquire is written as driver SQL, in one place for both backends (`litebatch.ON_CONFLICT`;
+PostgreSQL sends its rows as arrays, `pgbatch`), and so is SQLite's release: through Core each
+statement was compiled and its parameters processed row by row, several times the cost.
 
 Acquires and releases that arrive while another is in flight are made together (`GroupCommit`):
 one multi-row upsert for the acquires, one DELETE and one UPDATE for the releases, each row
@@ -29,7 +32,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,6 +39,7 @@ from engine.domain.lock import LockKind, LockRecord, Resource
 from engine.store.sql import litebatch
 from engine.store.sql.batch import GroupCommit
 from engine.store.sql.errors import translated
+from engine.store.sql.pgbatch import PgStatements
 from engine.store.sql.tables import locks
 from engine.store.sql.transact import Transactions
 
@@ -120,30 +123,6 @@ def _core_step(conn: Connection, last: bool, todo: set[Mine]) -> Iterable[Sequen
     ]
 
 
-def acquire_statement(dialect: str) -> sa.Insert:
-    """The one-statement acquire in the dialect's upsert syntax. Given several rows of
-    parameters, SQLAlchemy sends them as ONE multi-row statement ("insertmanyvalues")."""
-    insert = postgresql.insert(locks) if dialect == "postgresql" else sqlite.insert(locks)
-    new = insert.excluded
-    # The same owner holding it unexpired re-enters; anything else that matches WHERE (the same
-    # owner's expired lock, another owner's expired lock) is a fresh take-over.
-    mine = sa.and_(locks.c.owner_id == new.owner_id, locks.c.expires_at > new.acquired_at)
-    later = sa.and_(mine, locks.c.expires_at > new.expires_at)
-    return insert.on_conflict_do_update(
-        index_elements=list(_KEY),
-        set_={
-            "depth": sa.case((mine, locks.c.depth + 1), else_=1),
-            "acquired_at": sa.case((mine, locks.c.acquired_at), else_=new.acquired_at),
-            "expires_at": sa.case((later, locks.c.expires_at), else_=new.expires_at),
-            "owner_id": new.owner_id,
-            "host": new.host,
-            "pid": new.pid,
-            "run_id": new.run_id,
-        },
-        where=sa.or_(locks.c.owner_id == new.owner_id, locks.c.expires_at <= new.acquired_at),
-    ).returning(*locks.c)
-
-
 def _key(resource: Resource) -> Key:
     return (resource.kind.value, resource.name)
 
@@ -180,14 +159,15 @@ def _resources(rows: list[RowMapping]) -> list[Resource]:
 
 
 class SqlLocks:
-    """Needs `_tx` from the store it is a base of (its write path)."""
+    """Needs `_tx` (its write path) and `_pg` (driver SQL, PostgreSQL only) from the store it
+    is a base of."""
 
     _tx: Transactions
+    _pg: PgStatements | None
 
     def __init__(self, engine: AsyncEngine, location: str) -> None:
         self._engine = engine
         self._location = location
-        self._acquire = acquire_statement(engine.dialect.name)
         self._acquires: GroupCommit[LockRecord, LockRecord | None] = GroupCommit(
             self._acquire_batch, _key_of_claim
         )
@@ -206,21 +186,13 @@ class SqlLocks:
                 doing, lambda conn: litebatch.acquire(conn, claims), transaction=False
             )
         else:
-            rows = [
-                {
-                    "resource_type": claim.resource.kind.value,
-                    "resource_id": claim.resource.name,
-                    "owner_id": claim.owner_id,
-                    "acquired_at": claim.acquired_at,
-                    "expires_at": claim.expires_at,
-                    "depth": 1,
-                    "host": claim.host,
-                    "pid": claim.pid,
-                    "run_id": claim.run_id,
-                }
-                for claim in claims
-            ]
-            returned = await self._tx.one(doing, self._acquire, rows)
+            assert self._pg is not None  # PostgreSQL
+            sql, params = self._pg.acquire(claims)
+            returned = await self._tx.run(
+                doing,
+                lambda conn: list(conn.exec_driver_sql(sql, params).mappings().all()),
+                transaction=False,
+            )
         taken = {(row["resource_type"], row["resource_id"]): row for row in returned}
         answers: list[LockRecord | None] = []
         for claim in claims:

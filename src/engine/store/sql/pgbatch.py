@@ -1,4 +1,4 @@
-"""PostgreSQL: a worker's two multi-statement writes, each as ONE statement.
+"""PostgreSQL: a worker's hot writes, each as ONE statement of driver SQL.
 
 On PostgreSQL every statement is a round trip, and so are `BEGIN` and `COMMIT`, each waiting
 its turn on a busy event loop. Two writes a worker makes per batch of jobs are sent instead as
@@ -13,6 +13,9 @@ one round trip, atomic on its own (autocommit).
   `engine.store.sql.jobs`, and the next claim: five round trips before. The answer is the
   claimed rows, each with the ids of the outcomes applied (one row of NULLs and those ids if
   nothing was claimed). Hand-backs are not written this way (they also notify).
+- `PgStatements.acquire`: the lock upsert (`engine.store.sql.locks`) over
+  one array per column: the same text for any number of locks (one prepared statement), and
+  none of Core's compiling and per-row parameter processing on the event loop's thread.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 from engine.domain.job import JobOutcome
-from engine.domain.lock import Resource
+from engine.domain.lock import LockRecord, Resource
 from engine.domain.states import AsyncJobStatus
 from engine.store.sql import mapping
+from engine.store.sql.litebatch import LOCK_INSERT_COLUMNS, ON_CONFLICT
 from engine.store.sql.tables import events, jobs, locks, runs, subplan_runs
 
 Rows = Sequence[tuple[Any, ...]]
@@ -63,6 +67,34 @@ class PgStatements:
         ]
         self._key_types = array_types(locks, ("resource_type", "resource_id", "owner_id"))
         self._outcome_types = array_types(jobs, _OUTCOME_COLUMNS)
+        inserted = [c for c in LOCK_INSERT_COLUMNS if c != "depth"]
+        lock_marks = ", ".join(
+            f"${n}::{t}" for n, t in enumerate(array_types(locks, inserted), start=1)
+        )
+        values = ", ".join("1" if c == "depth" else f"v.{c}" for c in LOCK_INSERT_COLUMNS)
+        self._acquire = (
+            f"INSERT INTO {locks.name} ({', '.join(LOCK_INSERT_COLUMNS)}) SELECT {values}"
+            f" FROM unnest({lock_marks}) AS v({', '.join(inserted)}) {ON_CONFLICT}"
+        )
+
+    def acquire(self, claims: Sequence[LockRecord]) -> tuple[str, tuple[Any, ...]]:
+        """The statement and its parameters of the acquire upsert for `claims` (one per key):
+        one array per column, so the statement text is the same for any number of claims."""
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [])
+        for c in claims:
+            row = (
+                c.resource.kind.value,
+                c.resource.name,
+                c.owner_id,
+                c.acquired_at,
+                c.expires_at,
+                c.host,
+                c.pid,
+                c.run_id,
+            )
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        return self._acquire, columns
 
     def batch(
         self, rows: tuple[Rows, Rows, Rows], releases: Sequence[tuple[Resource, str]]
