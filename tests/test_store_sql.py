@@ -346,3 +346,59 @@ def test_the_hot_inserts_name_every_column_of_their_tables() -> None:
     assert set(mapping.RUN_COLUMNS) == {c.name for c in runs.c}
     assert set(mapping.SUBPLAN_COLUMNS) == {c.name for c in subplan_runs.c}
     assert set(mapping.EVENT_COLUMNS) == {c.name for c in events.c}
+
+
+@pytest.mark.postgres
+async def test_postgres_hot_statements_survive_a_lost_connection(postgres_url: str) -> None:
+    """The store's own connection for its hot statements: a connection the server ends fails
+    the statement with a StoreError, and the next statement opens a new one."""
+    store = await open_store(postgres_url)
+    assert isinstance(store, SqlStore)
+    try:
+        pid_sql = "SELECT pg_backend_pid() AS pid"
+        (first,) = await store._tx.fetch("asking", pid_sql, [])
+        async with store.engine.connect() as admin:
+            await admin.exec_driver_sql(f"SELECT pg_terminate_backend({first['pid']})")
+        with pytest.raises(StoreError):
+            await store._tx.fetch("asking", pid_sql, [])
+        (second,) = await store._tx.fetch("asking", pid_sql, [])
+        assert second["pid"] != first["pid"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_hot_statement_errors_are_store_errors(postgres_url: str) -> None:
+    store = await open_store(postgres_url)
+    assert isinstance(store, SqlStore)
+    try:
+        pid_sql = "SELECT pg_backend_pid() AS pid"
+        (before,) = await store._tx.fetch("asking", pid_sql, [])
+        with pytest.raises(StoreError, match="constraint"):
+            await store._tx.fetch(
+                "inserting",
+                "INSERT INTO engine_runs (id) VALUES ($1)",
+                ["01ARZ3NDEKTSV4RRFFQ69G5FAV"],
+            )
+        with pytest.raises(StoreError, match="doing nothing failed"):
+            await store._tx.fetch("doing nothing", "SELEC 1", [])
+        (after,) = await store._tx.fetch("asking", pid_sql, [])
+        assert after["pid"] == before["pid"]  # the server answered: the connection was kept
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_hot_statement_cancelled_in_flight_leaves_a_usable_store(
+    postgres_url: str,
+) -> None:
+    store = await open_store(postgres_url)
+    assert isinstance(store, SqlStore)
+    try:
+        with anyio.move_on_after(0.2):
+            await store._tx.fetch("sleeping", "SELECT pg_sleep(5)", [])
+        with anyio.fail_after(5):
+            (row,) = await store._tx.fetch("asking", "SELECT 1 AS one", [])
+        assert row["one"] == 1
+    finally:
+        await store.close()

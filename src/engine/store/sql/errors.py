@@ -38,10 +38,16 @@ def translated(location: str, doing: str) -> Iterator[None]:
 
 def classify(exc: sa_exc.DBAPIError, location: str, doing: str) -> StoreError:
     orig = exc.orig
-    message = str(orig).strip().splitlines()[0] if orig is not None else str(exc)
+    integrity = isinstance(exc, sa_exc.IntegrityError)
+    return classify_driver(orig if orig is not None else exc, integrity, location, doing)
+
+
+def classify_driver(orig: BaseException, integrity: bool, location: str, doing: str) -> StoreError:
+    """The StoreError for a driver's own exception (`integrity`: a constraint refused it)."""
+    message = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
     lowered = message.lower()
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or ""
-    if isinstance(exc, sa_exc.IntegrityError):
+    if integrity:
         return StoreError(f"{location}: {doing} was refused by a constraint: {message}")
     if sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
         return StoreUnavailableError(f"{location}: cannot use the database: {message}")

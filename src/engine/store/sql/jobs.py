@@ -202,13 +202,7 @@ class SqlJobs:
     ) -> tuple[list[str], list[AsyncJob]]:
         """PostgreSQL, no hand-backs: one statement (`pgbatch`), one round trip."""
         sql, params = pg.finish_and_claim(outcomes, worker_id, now, limit)
-
-        def both(conn: Connection) -> list[RowMapping]:
-            return list(conn.exec_driver_sql(sql, params).mappings().all())
-
-        rows = await self._tx.run(
-            "recording job outcomes and claiming jobs", both, transaction=False
-        )
+        rows = await self._tx.fetch("recording job outcomes and claiming jobs", sql, params)
         applied = list(rows[0]["applied"] or [])  # one row at least: see the statement
         claimed = [{k: v for k, v in row.items() if k != "applied"} for row in rows if row["id"]]
         return applied, _claimed(claimed)

@@ -188,11 +188,7 @@ class SqlLocks:
         else:
             assert self._pg is not None  # PostgreSQL
             sql, params = self._pg.acquire(claims)
-            returned = await self._tx.run(
-                doing,
-                lambda conn: list(conn.exec_driver_sql(sql, params).mappings().all()),
-                transaction=False,
-            )
+            returned = await self._tx.fetch(doing, sql, params)
         taken = {(row["resource_type"], row["resource_id"]): row for row in returned}
         answers: list[LockRecord | None] = []
         for claim in claims:

@@ -124,10 +124,9 @@ class SqlStore(SqlLocks, SqlJobs):
         # run's flush would stall its dispatcher).
         if self._pg is not None and not (changes.runs or changes.subplans):
             # Inserts and releases only: one statement, one round trip.
-            work, transaction = self._one_statement(self._pg, changes), False
+            left = await self._one_statement(self._pg, changes)
         else:
-            work, transaction = self._statements(changes), True
-        left = await self._tx.run("recording", work, serialize=True, transaction=transaction)
+            left = await self._tx.run("recording", self._statements(changes), serialize=True)
         for release, depth in zip(changes.releases, left, strict=True):
             release.left, release.written = depth, True
 
@@ -142,18 +141,14 @@ class SqlStore(SqlLocks, SqlJobs):
         events = mapping.event_rows(changes.events, time) if changes.events else []
         return new_runs, added, events, [(r.resource, r.owner_id) for r in changes.releases]
 
-    def _one_statement(
-        self, pg: PgStatements, changes: Changes
-    ) -> Callable[[Connection], list[int | None]]:
-        """`_statements` for a batch without updates, as one PostgreSQL statement."""
+    async def _one_statement(self, pg: PgStatements, changes: Changes) -> list[int | None]:
+        """`_statements` for a batch without updates, as one PostgreSQL statement: the depth
+        left of each release."""
         new_runs, added, events, releases = self._new_rows(changes)
         sql, params = pg.batch((new_runs, added, events), releases)
-
-        def apply(conn: Connection) -> list[int | None]:
-            left = {(t, i, o): depth for t, i, o, depth in conn.exec_driver_sql(sql, params)}
-            return [left.get((r.kind.value, r.name, owner)) for r, owner in releases]
-
-        return apply
+        rows = await self._tx.fetch("recording", sql, params, serialize=True)
+        left = {(t, i, o): depth for t, i, o, depth in rows}
+        return [left.get((r.kind.value, r.name, owner)) for r, owner in releases]
 
     def _statements(self, changes: Changes) -> Callable[[Connection], list[int | None]]:
         """The writes of `changes`, as the work of one transaction."""
