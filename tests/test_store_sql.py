@@ -402,3 +402,28 @@ async def test_postgres_hot_statement_cancelled_in_flight_leaves_a_usable_store(
         assert row["one"] == 1
     finally:
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_hot_statements_at_the_same_time_all_get_their_answers(
+    postgres_url: str,
+) -> None:
+    """One statement at a time goes over the store's own connection; the others meanwhile
+    take the pool's connections: none waits for another, none is mixed up with another."""
+    store = await open_store(postgres_url)
+    assert isinstance(store, SqlStore)
+    answers: dict[int, int] = {}
+
+    async def ask(n: int) -> None:
+        sql = "SELECT $1::int AS n, pg_sleep(0.01)"
+        (row,) = await store._tx.fetch("asking", sql, [n], serialize=n % 3 == 0)
+        answers[n] = row["n"]
+
+    try:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for n in range(40):
+                    tg.start_soon(ask, n)
+        assert answers == {n: n for n in range(40)}
+    finally:
+        await store.close()

@@ -122,10 +122,13 @@ class Transactions:
                 return list(conn.exec_driver_sql(sql, tuple(params)).mappings().all())
 
             return await self.run(doing, work, transaction=False, serialize=serialize)
-        lock = self._write_lock if serialize else nullcontext()
-        async with lock:
-            with translated(self._location, doing):
-                return await direct.fetch(sql, params, doing)
+        direct.busy = True  # before any await: one statement at a time on it
+        try:
+            async with self._write_lock if serialize else nullcontext():
+                with translated(self._location, doing):
+                    return await direct.fetch(sql, params, doing)
+        finally:
+            direct.busy = False
 
     async def close(self) -> None:
         if self._thread is not None:
@@ -201,7 +204,8 @@ class _Write(Generic[T]):
 
 class DirectConnection:
     """PostgreSQL: one asyncpg connection of the store's own, opened on first use with the
-    engine's connection settings, for one statement at a time (`busy` meanwhile). A statement
+    engine's connection settings, for one statement at a time (its caller sets `busy` before
+    it awaits anything, and clears it after). A statement
     that does not end normally (cancelled, connection lost) closes it; the next one opens a
     new one."""
 
@@ -216,7 +220,6 @@ class DirectConnection:
     ) -> Sequence[Mapping[Any, Any]]:
         import asyncpg  # type: ignore[import-untyped]  # an optional extra, without types
 
-        self.busy = True
         ok = False
         try:
             if self._conn is None:
@@ -235,7 +238,6 @@ class DirectConnection:
                 f"{self._location}: cannot use the database: {exc}"
             ) from exc
         finally:
-            self.busy = False
             if not ok:
                 await self._drop()
 
