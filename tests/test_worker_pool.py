@@ -122,6 +122,31 @@ async def test_outcomes_are_written_by_the_next_claim(
         assert (await eng.get_job(job_id)).status is S.SUCCEEDED
 
 
+@pytest.mark.parametrize(("in_process", "most"), [(True, 4), (False, 2)])
+async def test_on_a_database_server_a_claim_takes_at_most_half_the_slots(
+    eng: Engine, monkeypatch: pytest.MonkeyPatch, in_process: bool, most: int
+) -> None:
+    """Where the database works in another process, two half-size claims are in flight (one
+    half runs while the other waits for the server); in this process a claim fills them all."""
+    for i in range(8):
+        await eng.submit(plan(f"h{i}", call("a", "value", x=i)))
+    limits: list[int] = []
+    store = eng.store
+    real_carry = store.finish_and_claim
+
+    async def finish_and_claim(outcomes: Any, worker_id: str, now: Any, limit: int) -> Any:
+        limits.append(limit)
+        return await real_carry(outcomes, worker_id, now, limit)
+
+    monkeypatch.setattr(store, "finish_and_claim", finish_and_claim)
+    monkeypatch.setattr(type(store), "database_in_process", in_process)
+    pool = eng.worker(concurrency=4, burst=True)
+    await pool.run()
+    assert pool.statistics().succeeded == 8
+    assert limits[0] == most
+    assert max(limits) == most
+
+
 async def test_a_failed_plan_fails_the_job_with_a_redacted_error(
     eng: Engine, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -210,6 +210,13 @@ class JobStore(Protocol):
     (its injected clock).
     """
 
+    #: Whether the database does its work in this process (SQLite, memory) rather than in a
+    #: server's. A worker on a server keeps two claims in flight, each for at most half its
+    #: slots: while one half waits for the server, the other runs. In this process the two
+    #: would only take turns on the same CPU (and GIL), each slower.
+    @property
+    def database_in_process(self) -> bool: ...
+
     async def enqueue_jobs(self, jobs: Sequence[AsyncJob]) -> None:
         """Insert queued jobs (one transaction); an existing id raises `StoreError`."""
         ...

@@ -20,6 +20,9 @@ _QUEUED, _RUNNING = AsyncJobStatus.QUEUED, AsyncJobStatus.RUNNING
 
 
 class MemoryJobs:
+    #: Nothing waits on another process here (see `JobStore.database_in_process`).
+    database_in_process = True
+
     def __init__(self) -> None:
         self._jobs: dict[str, AsyncJob] = {}
         self._workers: dict[str, WorkerRecord] = {}

@@ -130,6 +130,9 @@ class WorkerPool:
     async def _claim_loop(self, jobs: TaskGroup) -> None:
         idle = MIN_IDLE
         concurrency = self.settings.concurrency
+        # On a database server, two half-size claims in flight: one half of the jobs runs
+        # while the other waits for the server (JobStore.database_in_process).
+        most = concurrency if self._store.database_in_process else max(1, concurrency // 2)
         while not self._stopping:
             free = concurrency - len(self._running)
             if free <= 0:
@@ -145,7 +148,7 @@ class WorkerPool:
                 self._store.finish_and_claim,
                 worker_id=self.worker_id,
                 now=self.clock.now(),
-                limit=free,
+                limit=min(free, most),
             )
             try:
                 # The outcomes of the jobs whose slots freed go in the same transaction.

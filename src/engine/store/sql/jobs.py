@@ -136,6 +136,11 @@ class SqlJobs:
             set_={c.name: new.excluded[c.name] for c in workers.c if c.name != "id"},
         )
 
+    @property
+    def database_in_process(self) -> bool:
+        """SQLite runs in this process; PostgreSQL in its server's."""
+        return self._jobs_sqlite
+
     async def _jobs_read(self, doing: str, query: sa.Executable) -> list[RowMapping]:
         with translated(self._location, doing):
             async with self._jobs_engine.connect() as conn:

@@ -18,10 +18,10 @@ written as synchronous functions of a SQLAlchemy `Connection` and run here:
 - On PostgreSQL (and an in-memory SQLite database, which only the async engine's single
   connection can see), through the async engine's `run_sync`: the same function, with the
   driver's own async I/O. The worker's hot statements (`fetch`: one statement of driver SQL,
-  `pgbatch`) go instead over a connection of the store's own, straight to asyncpg: measured,
-  a statement cost 300-370 us of the event loop's CPU through a pool checkout, a greenlet and
-  SQLAlchemy's cursor adapter, and 60-70 us this way. When that connection is busy (another
-  hot statement is in flight) the statement takes the pool's path instead of waiting.
+  `pgbatch`) go instead over connections of the store's own (`DIRECT_CONNECTIONS`), straight
+  to asyncpg: measured, a statement cost 300-370 us of the event loop's CPU through a pool
+  checkout, a greenlet and SQLAlchemy's cursor adapter, and 60-70 us this way. When all of
+  them are busy the statement takes the pool's path instead of waiting.
 
 On SQLite every write of the process goes through the one thread (the file has one writer at a
 time: waiting in the process is cheaper than waiting in `busy_timeout`); on PostgreSQL only the
@@ -56,6 +56,9 @@ from engine.store.sql.errors import classify_driver, translated
 
 T = TypeVar("T")
 
+#: PostgreSQL connections of the store's own for its hot statements: one per kind a worker
+#: can have in flight at once (its claim, its lock batch, its recorder batch).
+DIRECT_CONNECTIONS = 3
 #: How long closing the direct PostgreSQL connection may take before it is cut.
 CLOSE_TIMEOUT = 5.0
 
@@ -74,7 +77,9 @@ class Transactions:
         )
         self._thread: WriterThread | None = None
         self._direct = (
-            DirectConnection(engine, location) if engine.dialect.name == "postgresql" else None
+            [DirectConnection(engine, location) for _ in range(DIRECT_CONNECTIONS)]
+            if engine.dialect.name == "postgresql"
+            else []
         )
         if sqlite and sqlite_path(engine.url) is not None:
             sync = sync_sqlite_engine(engine.url)
@@ -115,8 +120,8 @@ class Transactions:
     ) -> Sequence[Mapping[Any, Any]]:
         """One statement of driver SQL (PostgreSQL's `$n` parameters there) in autocommit: its
         rows, each a mapping of column name to value. `serialize` as for `run`."""
-        direct = self._direct
-        if direct is None or direct.busy:
+        direct = next((d for d in self._direct if not d.busy), None)
+        if direct is None:
 
             def work(conn: Connection) -> list[RowMapping]:
                 return list(conn.exec_driver_sql(sql, tuple(params)).mappings().all())
@@ -133,8 +138,8 @@ class Transactions:
     async def close(self) -> None:
         if self._thread is not None:
             await self._thread.close()
-        if self._direct is not None:
-            await self._direct.close()
+        for direct in self._direct:
+            await direct.close()
 
 
 class WriterThread:
@@ -203,7 +208,7 @@ class _Write(Generic[T]):
 
 
 class DirectConnection:
-    """PostgreSQL: one asyncpg connection of the store's own, opened on first use with the
+    """PostgreSQL: an asyncpg connection of the store's own, opened on first use with the
     engine's connection settings, for one statement at a time (its caller sets `busy` before
     it awaits anything, and clears it after). A statement
     that does not end normally (cancelled, connection lost) closes it; the next one opens a
