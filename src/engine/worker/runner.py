@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -164,14 +163,20 @@ def failure_text(result: RunResult) -> str:
 
 
 def _summary(result: RunResult) -> str:
-    states = Counter(s.state.value for s in result.subplans.values())
+    states: dict[str, int] = {}
+    for sub in result.subplans.values():
+        states[sub.state.value] = states.get(sub.state.value, 0) + 1
     data = {
         "run_id": result.run_id,
         "state": result.state.value,
         "duration": round(result.duration, 6) if result.duration is not None else None,
         "subplans": dict(sorted(states.items())),
     }
-    return json.dumps(data, separators=(",", ":"))
+    return _SUMMARY.encode(data)
+
+
+#: The summary's encoder, made once (`json.dumps` with options makes one per call).
+_SUMMARY = json.JSONEncoder(separators=(",", ":"))
 
 
 def _cut(text: str) -> str:
