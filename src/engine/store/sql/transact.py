@@ -37,7 +37,7 @@ import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext, suppress
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import anyio
 from sqlalchemy.engine import Connection, Engine, RowMapping
@@ -169,7 +169,7 @@ class WriterThread:
             await write.done.wait()
         if write.error is not None:
             raise write.error
-        return write.answer  # type: ignore[return-value]  # set when no error
+        return cast(T, write.answer)  # set when no error
 
     async def close(self) -> None:
         """Finish the writes handed over so far, close the connection and stop the thread."""
@@ -227,15 +227,20 @@ class DirectConnection:
 
         ok = False
         try:
+            if self._conn is not None and self._conn.is_closed():  # lost while idle
+                await self._drop()
             if self._conn is None:
                 self._conn = await asyncpg.connect(**self._connect_args(asyncpg.connect))
             rows: Sequence[Mapping[Any, Any]] = await self._conn.fetch(sql, *params)
             ok = True
             return rows
         except asyncpg.PostgresError as exc:
-            ok = True  # the server answered: the connection is fine
             integrity = isinstance(exc, asyncpg.IntegrityConstraintViolationError)
-            raise classify_driver(exc, integrity, self._location, doing) from exc
+            error = classify_driver(exc, integrity, self._location, doing)
+            # The server answered: the connection is fine, unless the answer was that it is
+            # closing it (an administrator's shutdown or termination, sqlstate 57P/08).
+            ok = not isinstance(error, StoreUnavailableError)
+            raise error from exc
         except (OSError, TimeoutError):
             raise  # `translated` says the server cannot be reached
         except Exception as exc:  # the client's state: a closed or broken connection
