@@ -160,14 +160,13 @@ class SqlJobs:
         await self._tx.run("enqueueing jobs", enqueue)
 
     async def claim_jobs(self, worker_id: str, now: datetime, limit: int) -> list[AsyncJob]:
-        if self._jobs_sqlite:
-            rows: Sequence[Mapping[Any, Any]] = await self._tx.run(
-                "claiming jobs",
-                lambda conn: litebatch.claim(conn, worker_id, now, limit),
-                transaction=False,
-            )
-        else:
-            rows = await self._tx.one("claiming jobs", self._claim(worker_id, now, limit))
+        if self._pg is not None:  # PostgreSQL's one-statement claim, with no outcomes
+            return (await self._finish_and_claim_at_once(self._pg, [], worker_id, now, limit))[1]
+        rows = await self._tx.run(
+            "claiming jobs",
+            lambda conn: litebatch.claim(conn, worker_id, now, limit),
+            transaction=False,
+        )
         return _claimed(rows)
 
     async def finish_and_claim(
