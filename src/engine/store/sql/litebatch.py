@@ -1,13 +1,14 @@
 """SQLite: the worker's hot writes (claim, outcomes, lock acquires and releases) as driver SQL.
 
-A worker's batch of jobs makes these three writes over and over, each in the writer thread
+A worker's batch of jobs makes these writes over and over, each in the writer thread
 (`Transactions`), which the event loop waits for. Through SQLAlchemy Core each statement was
 compiled from its cache key, its parameters processed one by one (UTC datetimes into text) and
 its rows through result processors: measured on outcomes plus a claim of 16 jobs, 2.4 ms per
 transaction, against 0.5 ms for the same statements as driver SQL with rows as tuples. So here
-the statements are written once as text in SQLite's syntax, the same statements as the Core
-ones in `engine.store.sql.jobs` and `engine.store.sql.locks` (same conditions, same fencing),
-which stay the reference and PostgreSQL's path; the contract tests run both.
+the statements are written once as text in SQLite's syntax, with the conditions and fencing of
+the Core statements in `engine.store.sql.jobs` (`_FINISH`, `_claim`: PostgreSQL's
+transactional path) and `engine.store.sql.locks` (the release steps); the acquire's conflict
+clause (`ON_CONFLICT`) is PostgreSQL's too (`pgbatch`). The store contract tests run both.
 
 Times are the text SQLAlchemy's SQLite DATETIME reads and writes (`mapping.sqlite_time`), so
 rows written here and there compare and read back alike.
@@ -55,6 +56,43 @@ FINISH = (
     " error_message = ?, result = ?, run_id = coalesce(?, run_id)"
     f" WHERE id = ? AND status = '{_RUNNING}' AND worker_id = ? AND attempts = ?"
 )
+
+
+#: The columns an acquire inserts, in its parameters' order (`depth` is 1).
+LOCK_INSERT_COLUMNS = (
+    "resource_type",
+    "resource_id",
+    "owner_id",
+    "acquired_at",
+    "expires_at",
+    "depth",
+    "host",
+    "pid",
+    "run_id",
+)
+
+
+def _on_conflict() -> str:
+    """The conflict clause of an acquire (`engine.store.sql.locks`): the same owner
+    holding it unexpired re-enters; another owner's expired lock is taken over."""
+    table = locks.name
+    mine = f"{table}.owner_id = excluded.owner_id AND {table}.expires_at > excluded.acquired_at"
+    return (
+        "ON CONFLICT (resource_type, resource_id) DO UPDATE SET"
+        f" depth = CASE WHEN {mine} THEN {table}.depth + 1 ELSE 1 END,"
+        f" acquired_at = CASE WHEN {mine} THEN {table}.acquired_at ELSE excluded.acquired_at END,"
+        f" expires_at = CASE WHEN {mine} AND {table}.expires_at > excluded.expires_at"
+        f" THEN {table}.expires_at ELSE excluded.expires_at END,"
+        " owner_id = excluded.owner_id, host = excluded.host, pid = excluded.pid,"
+        " run_id = excluded.run_id"
+        f" WHERE {table}.owner_id = excluded.owner_id"
+        f" OR {table}.expires_at <= excluded.acquired_at"
+        f" RETURNING {', '.join(LOCK_COLUMNS)}"
+    )
+
+
+#: Shared with PostgreSQL's acquire (`engine.store.sql.pgbatch`).
+ON_CONFLICT = _on_conflict()
 
 
 def claim(conn: Connection, worker_id: str, now: datetime, limit: int) -> list[dict[str, Any]]:
@@ -126,39 +164,6 @@ def _acquire_sql(count: int) -> str:
     )
 
 
-#: The columns an acquire inserts, in its parameters' order (`depth` is 1).
-LOCK_INSERT_COLUMNS = (
-    "resource_type",
-    "resource_id",
-    "owner_id",
-    "acquired_at",
-    "expires_at",
-    "depth",
-    "host",
-    "pid",
-    "run_id",
-)
-
-
-def _on_conflict() -> str:
-    """The conflict clause of an acquire (`engine.store.sql.locks`): the same owner
-    holding it unexpired re-enters; another owner's expired lock is taken over."""
-    table = locks.name
-    mine = f"{table}.owner_id = excluded.owner_id AND {table}.expires_at > excluded.acquired_at"
-    return (
-        "ON CONFLICT (resource_type, resource_id) DO UPDATE SET"
-        f" depth = CASE WHEN {mine} THEN {table}.depth + 1 ELSE 1 END,"
-        f" acquired_at = CASE WHEN {mine} THEN {table}.acquired_at ELSE excluded.acquired_at END,"
-        f" expires_at = CASE WHEN {mine} AND {table}.expires_at > excluded.expires_at"
-        f" THEN {table}.expires_at ELSE excluded.expires_at END,"
-        " owner_id = excluded.owner_id, host = excluded.host, pid = excluded.pid,"
-        " run_id = excluded.run_id"
-        f" WHERE {table}.owner_id = excluded.owner_id"
-        f" OR {table}.expires_at <= excluded.acquired_at"
-        f" RETURNING {', '.join(LOCK_COLUMNS)}"
-    )
-
-
 def release_step(
     conn: Connection, last: bool, todo: Sequence[tuple[str, str, str]]
 ) -> Sequence[Sequence[Any]]:
@@ -191,7 +196,3 @@ def _row(columns: Sequence[str], times: frozenset[str], row: Sequence[Any]) -> d
 
 def _aware(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-#: Shared with PostgreSQL's acquire (`engine.store.sql.pgbatch`).
-ON_CONFLICT = _on_conflict()
