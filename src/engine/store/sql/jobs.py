@@ -164,7 +164,7 @@ class SqlJobs:
             return (await self._finish_and_claim_at_once(self._pg, [], worker_id, now, limit))[1]
         rows = await self._tx.run(
             "claiming jobs",
-            lambda conn: litebatch.claim(conn, worker_id, now, limit),
+            lambda conn: self._claim_rows(conn, worker_id, now, limit),
             transaction=False,
         )
         return _claimed(rows)
@@ -180,18 +180,10 @@ class SqlJobs:
             and not any(o.status is AsyncJobStatus.QUEUED for o in outcomes)
         ):
             return await self._finish_and_claim_at_once(self._pg, outcomes, worker_id, now, limit)
-        if self._jobs_sqlite:
 
-            def both(conn: Connection) -> tuple[list[str], Sequence[Mapping[Any, Any]]]:
-                applied = litebatch.finish(conn, outcomes)
-                return applied, litebatch.claim(conn, worker_id, now, limit)
-
-        else:
-            claim = self._claim(worker_id, now, limit)
-
-            def both(conn: Connection) -> tuple[list[str], Sequence[Mapping[Any, Any]]]:
-                applied = self._finish_all(conn, outcomes)
-                return applied, list(conn.execute(claim).mappings().all())
+        def both(conn: Connection) -> tuple[list[str], Sequence[Mapping[Any, Any]]]:
+            applied = self._finish_all(conn, outcomes)
+            return applied, self._claim_rows(conn, worker_id, now, limit)
 
         applied, rows = await self._tx.run("recording job outcomes and claiming jobs", both)
         return applied, _claimed(rows)
@@ -210,6 +202,15 @@ class SqlJobs:
         applied = list(rows[0]["applied"] or [])  # one row at least: see the statement
         claimed = [{k: v for k, v in row.items() if k != "applied"} for row in rows if row["id"]]
         return applied, _claimed(claimed)
+
+    def _claim_rows(
+        self, conn: Connection, worker_id: str, now: datetime, limit: int
+    ) -> Sequence[Mapping[Any, Any]]:
+        """The claim's rows, in the transaction of `conn`: SQLite's driver SQL (`litebatch`),
+        else the Core statement."""
+        if self._jobs_sqlite:
+            return litebatch.claim(conn, worker_id, now, limit)
+        return list(conn.execute(self._claim(worker_id, now, limit)).mappings().all())
 
     def _claim(self, worker_id: str, now: datetime, limit: int) -> sa.Update:
         """The claim: one statement, `UPDATE … RETURNING` of the oldest queued jobs."""

@@ -210,9 +210,8 @@ class _Write(Generic[T]):
 class DirectConnection:
     """PostgreSQL: an asyncpg connection of the store's own, opened on first use with the
     engine's connection settings, for one statement at a time (its caller sets `busy` before
-    it awaits anything, and clears it after). A statement
-    that does not end normally (cancelled, connection lost) closes it; the next one opens a
-    new one."""
+    it awaits anything, and clears it after). A statement that does not end normally
+    (cancelled, connection lost) closes it; the next one opens a new one."""
 
     def __init__(self, engine: AsyncEngine, location: str) -> None:
         self._engine = engine
