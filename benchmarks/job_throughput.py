@@ -18,7 +18,8 @@ Also printed, to show where the time goes:
 - "memory": the same jobs processed in-process on the memory store (no database at all): the
   ceiling of the run path itself in one process;
 - "queue only": the queue's own work on each backend, in-process, with the plan runs stubbed
-  out (claim batches, heartbeats, batched completions; no run record, no plan lock).
+  out (claim batches with the plan locks they take, heartbeats, batched completions; no run
+  record, no lock release).
 Usage:
 
     python benchmarks/job_throughput.py [--jobs 5000] [--concurrency 16] [--only sqlite|postgresql]
@@ -152,9 +153,10 @@ class _QueueOnly:
 
     def __init__(self, eng: Engine) -> None:
         self.clock, self.store, self.jobs = eng.clock, eng.store, eng.jobs
+        self.settings, self.locks = eng.settings, eng.locks
 
-    def prepare_run(self, plan: Plan, *, lock_wait: float = 0.0) -> _StubRun:
-        return _StubRun(plan)
+    def prepare_run(self, plan: Plan, **_: Any) -> _StubRun:
+        return _StubRun(plan)  # a plan lock its claim took is left to expire
 
     async def abandon_lost_runs(self) -> list[str]:
         return []

@@ -9,7 +9,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord
+from engine.domain.job import AsyncJob, Claimed, JobBeat, JobOutcome, WorkerRecord
+from engine.domain.lock import LockKind, LockRecord, Owner, Resource, RunLocking
 from engine.domain.plan import Plan
 from engine.domain.states import AsyncJobStatus
 from engine.errors import StoreError
@@ -107,16 +108,18 @@ async def test_finish_and_claim_applies_the_outcomes_then_claims(store: Store) -
     await store.enqueue_jobs([first, second, third])
     (a,) = await store.claim_jobs("w1", T0, 1)
     stale = outcome(a.model_copy(update={"attempts": 0}))
-    applied, claimed = await store.finish_and_claim([outcome(a), stale], "w1", T0, 5)
-    assert applied == [a.id]  # the stale one was fenced off
+    answer = await store.finish_and_claim([outcome(a), stale], "w1", T0, 5)
+    assert answer.applied == [a.id]  # the stale one was fenced off
     assert (await get(store, a.id)).status is S.SUCCEEDED
+    claimed = answer.jobs
     assert [j.id for j in claimed] == [second.id, third.id]
     assert all((j.status, j.worker_id, j.attempts) == (S.RUNNING, "w1", 1) for j in claimed)
+    assert answer.locked == frozenset()  # no `locking`: no lock taken
     # Without outcomes it is a claim; with an empty queue it still writes the outcomes.
-    assert await store.finish_and_claim([], "w1", T0, 5) == ([], [])
+    assert await store.finish_and_claim([], "w1", T0, 5) == Claimed([], [])
     done = [outcome(j, S.FAILED) for j in claimed]
-    applied, claimed = await store.finish_and_claim(done, "w1", T0, 5)
-    assert (sorted(applied), claimed) == (sorted(o.job_id for o in done), [])
+    answer = await store.finish_and_claim(done, "w1", T0, 5)
+    assert (sorted(answer.applied), answer.jobs) == (sorted(o.job_id for o in done), [])
     counts = await store.count_jobs()
     assert counts == {**dict.fromkeys(S, 0), S.SUCCEEDED: 1, S.FAILED: 2}
 
@@ -124,9 +127,53 @@ async def test_finish_and_claim_applies_the_outcomes_then_claims(store: Store) -
 async def test_a_job_handed_back_by_finish_and_claim_can_be_claimed_by_it(store: Store) -> None:
     await store.enqueue_jobs(jobs(1))
     (job,) = await store.claim_jobs("w1", T0, 1)
-    applied, claimed = await store.finish_and_claim([outcome(job, S.QUEUED)], "w1", T0, 1)
-    assert applied == [job.id]
-    assert [(j.id, j.attempts) for j in claimed] == [(job.id, 2)]
+    answer = await store.finish_and_claim([outcome(job, S.QUEUED)], "w1", T0, 1)
+    assert answer.applied == [job.id]
+    assert [(j.id, j.attempts) for j in answer.jobs] == [(job.id, 2)]
+
+
+def plan_jobs(*names: str) -> list[AsyncJob]:
+    """One queued job per name, in this order (oldest first), each of the plan so named."""
+    return [AsyncJob.new(PLAN.model_copy(update={"name": name}), T0) for name in names]
+
+
+def locking(n: int, ttl: float = 60.0) -> RunLocking:
+    return RunLocking(tuple(f"01RUN{i:021d}" for i in range(n)), "host", 7, ttl)
+
+
+@pytest.mark.parametrize("outcomes", [False, True])
+async def test_a_claim_takes_the_plan_locks_of_its_jobs_runs(store: Store, outcomes: bool) -> None:
+    """With `locking`, the i-th job claimed gets its run's `plan:` lock for `run_ids[i]`, in the
+    claim's own transaction; the oldest job of a plan gets it, and a plan whose lock another
+    owner holds gets none (those jobs wait for it as every run does)."""
+    finished: list[JobOutcome] = []
+    if outcomes:
+        await store.enqueue_jobs(plan_jobs("done"))
+        finished = [outcome(j) for j in await store.claim_jobs("w1", T0, 1)]
+    busy = LockRecord.claim(Resource(LockKind.PLAN, "busy"), Owner.named("other"), T0, 60)
+    assert await store.acquire_lock(busy) is not None
+    new = plan_jobs("a", "b", "a", "busy", "c")
+    await store.enqueue_jobs(new)
+    run_locks = locking(4)
+    answer = await store.finish_and_claim(finished, "w1", T0, 4, locking=run_locks)
+    assert answer.applied == [o.job_id for o in finished]
+    assert [j.id for j in answer.jobs] == [j.id for j in new[:4]]
+    a, b = new[:2]
+    assert answer.locked == {a.id, b.id}
+    for i, name in ((0, "a"), (1, "b")):
+        held = await store.get_lock(Resource(LockKind.PLAN, name))
+        assert held is not None
+        claim = run_locks.claim(i, name, T0)
+        assert (held.owner_id, held.run_id, held.depth) == (claim.owner_id, run_locks.run_ids[i], 1)
+        assert (held.acquired_at, held.expires_at) == (T0, claim.expires_at)
+        assert (held.host, held.pid) == ("host", 7)
+    assert (await store.get_lock(Resource(LockKind.PLAN, "busy"))) == busy
+    # An expired lock of another owner is taken over; the claim's own run id re-enters nothing.
+    later = T0 + timedelta(seconds=120)
+    answer = await store.finish_and_claim([], "w1", later, 4, locking=locking(4))
+    (c,) = answer.jobs
+    assert answer.locked == {c.id}
+    assert (await store.get_lock(Resource(LockKind.PLAN, "c"))) is not None
 
 
 async def test_heartbeat_covers_the_workers_running_jobs_and_reports_cancel(store: Store) -> None:

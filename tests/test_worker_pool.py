@@ -134,9 +134,11 @@ async def test_on_a_database_server_a_claim_takes_at_most_half_the_slots(
     store = eng.store
     real_carry = store.finish_and_claim
 
-    async def finish_and_claim(outcomes: Any, worker_id: str, now: Any, limit: int) -> Any:
+    async def finish_and_claim(
+        outcomes: Any, worker_id: str, now: Any, limit: int, **kwargs: Any
+    ) -> Any:
         limits.append(limit)
-        return await real_carry(outcomes, worker_id, now, limit)
+        return await real_carry(outcomes, worker_id, now, limit, **kwargs)
 
     monkeypatch.setattr(store, "finish_and_claim", finish_and_claim)
     monkeypatch.setattr(type(store), "database_in_process", in_process)
@@ -378,6 +380,45 @@ async def test_a_payload_of_an_unknown_version_fails_the_job_clearly(eng: Engine
     stored = await eng.get_job(job.id)
     assert stored.status is S.FAILED
     assert "job payload version 9 is not supported" in (stored.error_message or "")
+
+
+async def test_the_claim_takes_the_runs_plan_lock_and_the_run_holds_it(eng: Engine) -> None:
+    """The worker's claim takes each job's `plan:` lock in its own transaction; the run holds
+    it from its first step (announced as acquired, released with the run's end), so no run
+    of a worker acquires a plan lock on its own."""
+    ids = [await eng.submit(plan(f"lk{i}", call("a", "noop"))) for i in range(3)]
+    with eng.events() as events:
+        await eng.worker(concurrency=3, burst=True).run()
+        seen = []
+        while True:
+            try:
+                seen.append(events.receive_nowait())
+            except anyio.WouldBlock:
+                break
+    stats = eng.locks.statistics()
+    assert (stats.attempts, stats.acquired, stats.released) == (0, 3, 3)
+    assert await eng.locks.list() == []
+    runs = {(await eng.get_job(i)).run_id for i in ids}
+    locked = {e.run_id for e in seen if e.type == "lock.acquired"}
+    released = {e.run_id for e in seen if e.type == "lock.released"}
+    assert None not in runs
+    assert runs == locked == released
+
+
+@pytest.mark.parametrize("bad", ["version", "plan name"])
+async def test_a_plan_lock_the_run_never_takes_is_released(eng: Engine, bad: str) -> None:
+    """A job whose payload cannot run (or names another plan than its row) gives back the
+    plan lock its claim took: the plan is not blocked until the lock expires."""
+    job = AsyncJob.new(plan("p", call("a", "noop")), eng.clock.now())
+    if bad == "version":
+        job = job.model_copy(update={"payload": job.payload.replace('"version":1', '"version":9')})
+    else:
+        job = job.model_copy(update={"plan_name": "other"})
+    await eng.store.enqueue_jobs([job])
+    await eng.worker(burst=True).run()
+    stored = await eng.get_job(job.id)
+    assert stored.status is (S.FAILED if bad == "version" else S.SUCCEEDED)
+    assert await eng.locks.list() == []
 
 
 async def test_heartbeats_register_the_worker_for_diagnostics(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -44,6 +44,7 @@ from engine.dispatch.dispatcher import DispatchSettings, ParallelSubplanDispatch
 from engine.dispatch.tracker import SubplanTracker
 from engine.domain.events import Event
 from engine.domain.job import DEFAULT_MAX_ATTEMPTS, AsyncJob
+from engine.domain.lock import LockRecord
 from engine.domain.plan import ParallelExecutionConfig, Plan
 from engine.domain.results import RunResult
 from engine.domain.states import AsyncJobStatus, FailureMode
@@ -371,14 +372,20 @@ class Engine:
         max_parallel: int | None = None,
         failure_mode: FailureMode | str | None = None,
         lock_wait: float = 0.0,
+        run_id: str | None = None,
+        taken: Sequence[LockRecord] = (),
     ) -> PreparedRun:
         """Build a run (id, tracker, dispatcher) without starting it. `lock_wait`: seconds to
-        wait for a lock another run holds (its plan, project or a subplan's resource)."""
+        wait for a lock another run holds (its plan, project or a subplan's resource).
+        `run_id`: the run's id (default: a new one); `taken`: its locks acquired already
+        (a worker's claim takes a job's plan lock with it), held without acquiring them."""
         return self._prepare(
             _as_plan(plan),
             max_parallel=max_parallel,
             failure_mode=failure_mode,
             lock_wait=lock_wait,
+            run_id=run_id,
+            taken=taken,
         )
 
     def _prepare(
@@ -389,6 +396,8 @@ class Engine:
         failure_mode: FailureMode | str | None,
         resume: ResumePoint | None = None,
         lock_wait: float = 0.0,
+        run_id: str | None = None,
+        taken: Sequence[LockRecord] = (),
     ) -> PreparedRun:
         # A plan's own value beats these: they are the global level of the precedence chain.
         defaults = ParallelExecutionConfig(
@@ -397,7 +406,7 @@ class Engine:
             if failure_mode is not None
             else self.settings.failure_mode,
         )
-        run_id = new_id()
+        run_id = run_id or new_id()
         tracker = SubplanTracker(
             run_id, plan.name, ((path, sub.kind) for path, sub in plan.walk()), clock=self.clock
         )
@@ -423,7 +432,9 @@ class Engine:
             skip=kept.__contains__ if kept else None,
             locks=subplan_locks,
         )
-        return PreparedRun(plan, tracker, dispatcher, self, defaults, resume, lock_wait=lock_wait)
+        return PreparedRun(
+            plan, tracker, dispatcher, self, defaults, resume, lock_wait=lock_wait, taken=taken
+        )
 
     def _log_root(self) -> Path:
         """Where runs keep their step logs (resolved once: a later `chdir` moves nothing)."""

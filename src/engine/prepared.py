@@ -10,7 +10,7 @@ services it uses.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,7 @@ import anyio
 
 from engine.dispatch.dispatcher import ParallelSubplanDispatcher
 from engine.dispatch.tracker import SubplanTracker
-from engine.domain.lock import Owner
+from engine.domain.lock import LockRecord, Owner
 from engine.domain.plan import ParallelExecutionConfig, Plan
 from engine.domain.results import RunResult, SubplanResult
 from engine.domain.states import RunState
@@ -50,6 +50,7 @@ class PreparedRun:
         resume: ResumePoint | None = None,
         *,
         lock_wait: float = 0.0,
+        taken: Sequence[LockRecord] = (),
     ) -> None:
         self.plan = plan
         self.tracker = tracker
@@ -59,6 +60,8 @@ class PreparedRun:
         self.resume = resume
         #: Seconds to wait for a lock held by another run before failing.
         self.lock_wait = lock_wait
+        #: Locks of this run acquired already (by a job's claim): held, not acquired again.
+        self.taken = taken
         self._engine = engine
         self._failure: BaseException | None = None
 
@@ -87,7 +90,8 @@ class PreparedRun:
         owner = Owner.of_run(self.run_id)
         try:
             locks = engine.locks
-            async with locks.hold_all(claims, owner, wait=self.lock_wait) as guard:
+            taken, self.taken = self.taken, ()
+            async with locks.hold_all(claims, owner, wait=self.lock_wait, taken=taken) as guard:
                 run, plan_json, subplans = self._records()
                 await recorder.begin(run, plan_json, subplans, self.tracker, wait=record_first)
                 try:

@@ -172,6 +172,17 @@ class JobOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Claimed:
+    """The answer of `JobStore.finish_and_claim`: the outcomes it applied, the jobs it claimed
+    (oldest first) and, when it also took their runs' plan locks (`RunLocking`), the ids of
+    the jobs whose lock it took."""
+
+    applied: list[str]
+    jobs: list[AsyncJob]
+    locked: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class JobBeat:
     """What one heartbeat says of a job the worker holds: whether it is still the owner (the
     token matches), and whether someone asked to cancel the job."""

@@ -139,3 +139,24 @@ class LockRecord:
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at <= now
+
+
+@dataclass(frozen=True, slots=True)
+class RunLocking:
+    """The `plan:` locks a job claim takes for the runs of the jobs it claims, in the claim's
+    own transaction: the i-th job claimed (oldest first) is to run as `run_ids[i]`, and its
+    run's lock on `plan:<its plan>` is proposed as `claim(i, plan, now)`. A job whose lock was
+    not taken (another owner holds it, or an older job of the same plan took it in this
+    claim) takes it as every run does, waiting for it."""
+
+    run_ids: tuple[str, ...]
+    host: str
+    pid: int
+    ttl: float
+
+    def owner(self, i: int) -> Owner:
+        run_id = self.run_ids[i]
+        return Owner(run_id, self.host, self.pid, run_id)
+
+    def claim(self, i: int, plan_name: str, now: datetime) -> LockRecord:
+        return LockRecord.claim(Resource(LockKind.PLAN, plan_name), self.owner(i), now, self.ttl)

@@ -271,13 +271,18 @@ class LockService:
         owner: Owner | str,
         *,
         wait: float = 0.0,
+        taken: Sequence[LockRecord] = (),
     ) -> AbstractAsyncContextManager[LockGuard]:
         """`hold` several resources, taken in resource order (so that two holders of the same
-        set never deadlock) within one `wait` budget; released in reverse order."""
+        set never deadlock) within one `wait` budget; released in reverse order. `taken`: locks
+        of `owner` acquired already (by a job's claim, `RunLocking`), held from here on
+        without being acquired again: renewed and released like the others."""
+        adopted = {record.resource: record for record in taken}
         if len(claims) == 1:  # a run's plan lock: one `hold` that shows a guard, no exit stack
             resource, ttl = claims[0]
-            return self._hold(resource, owner, ttl, wait, _guard_of)
-        return self._hold_in_order(claims, owner, wait)
+            res = Resource.of(resource)
+            return self._hold(res, owner, ttl, wait, _guard_of, adopted.get(res))
+        return self._hold_in_order(claims, owner, wait, adopted)
 
     @asynccontextmanager
     async def _hold(
@@ -287,11 +292,16 @@ class LockService:
         ttl: float,
         wait: float,
         shown: Callable[[HeldLock], T],
+        taken: LockRecord | None = None,
     ) -> AsyncIterator[T]:
         """`hold`, whose block gets `shown(held)`: the held lock, or a guard of it alone (one
-        generator either way: a `hold_all` that wrapped `hold` would pay for two)."""
+        generator either way: a `hold_all` that wrapped `hold` would pay for two). `taken`:
+        the lock, acquired already for `owner` (adopted, not acquired again)."""
         res, who = Resource.of(resource), _owner(owner)
-        record = await self.acquire(res, who, ttl, wait=wait)
+        if taken is None:
+            record = await self.acquire(res, who, ttl, wait=wait)
+        else:
+            record = self._adopt(taken, res, who)
         held = HeldLock(res, who, ttl, record)
         self._stats["held"] += 1
         failure: Exception | None = None
@@ -325,7 +335,11 @@ class LockService:
 
     @asynccontextmanager
     async def _hold_in_order(
-        self, claims: Sequence[tuple[Resource | str, float]], owner: Owner | str, wait: float
+        self,
+        claims: Sequence[tuple[Resource | str, float]],
+        owner: Owner | str,
+        wait: float,
+        taken: dict[Resource, LockRecord],
     ) -> AsyncIterator[LockGuard]:
         """`hold_all` of any number of claims but one."""
         ordered = sorted((Resource.of(r), ttl) for r, ttl in claims)
@@ -334,7 +348,9 @@ class LockService:
         async with AsyncExitStack() as stack:
             for resource, ttl in ordered:
                 left = max(0.0, wait - (self.clock.monotonic() - started))
-                held = await stack.enter_async_context(self.hold(resource, owner, ttl, wait=left))
+                held = await stack.enter_async_context(
+                    self._hold(resource, owner, ttl, left, _itself, taken.pop(resource, None))
+                )
                 guard.locks.append(held)
             yield guard
 
@@ -365,6 +381,15 @@ class LockService:
                 self._emit("lock.released", held.resource, held.owner.id, held.owner.run_id)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _adopt(self, record: LockRecord, resource: Resource, owner: Owner) -> LockRecord:
+        """A lock acquired for `owner` by another write (a job's claim): counted and announced
+        as this service's own acquire."""
+        if record.resource != resource or record.owner_id != owner.id:
+            raise ValueError(f"lock {record.resource} of {record.owner_id} is not {owner}'s")
+        self._count("acquired")
+        self._emit("lock.acquired", resource, owner.id, record.run_id, record.expires_at)
+        return record
 
     async def _attempt(
         self, resource: Resource, owner: Owner, ttl: float

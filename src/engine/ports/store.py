@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import Protocol
 
 from engine.domain.events import Event
-from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord
-from engine.domain.lock import LockRecord, Resource
+from engine.domain.job import AsyncJob, Claimed, JobBeat, JobOutcome, WorkerRecord
+from engine.domain.lock import LockRecord, Resource, RunLocking
 from engine.domain.states import AsyncJobStatus, FailureMode, RunState, SubplanState
 
 #: The error of a run (and its unfinished subplans) whose process died (`abandon_lost_runs`).
@@ -228,11 +228,22 @@ class JobStore(Protocol):
         ...
 
     async def finish_and_claim(
-        self, outcomes: Sequence[JobOutcome], worker_id: str, now: datetime, limit: int
-    ) -> tuple[list[str], list[AsyncJob]]:
+        self,
+        outcomes: Sequence[JobOutcome],
+        worker_id: str,
+        now: datetime,
+        limit: int,
+        *,
+        locking: RunLocking | None = None,
+    ) -> Claimed:
         """`finish_jobs(outcomes)` and then `claim_jobs(worker_id, now, limit)` in ONE
         transaction: the ids applied and the jobs claimed. A worker's finished jobs ride on its
-        next claim (one write instead of two); if it fails, neither happened."""
+        next claim (one write instead of two); if it fails, neither happened.
+
+        With `locking`, the same transaction also acquires, as `acquire_lock` would, the plan
+        lock of each claimed job's run (`RunLocking.claim(i, job.plan_name, now)` for the i-th
+        job), the oldest job first where several have one plan: `Claimed.locked` names the
+        jobs whose lock it took. Locks it could not take are left as they are."""
         ...
 
     async def heartbeat(self, worker: WorkerRecord) -> list[JobBeat]:

@@ -12,7 +12,15 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord, lost_worker_message
+from engine.domain.job import (
+    AsyncJob,
+    Claimed,
+    JobBeat,
+    JobOutcome,
+    WorkerRecord,
+    lost_worker_message,
+)
+from engine.domain.lock import LockRecord, RunLocking
 from engine.domain.states import TERMINAL_JOB_STATUSES, AsyncJobStatus
 from engine.errors import StoreError
 
@@ -68,10 +76,29 @@ class MemoryJobs:
         ]
 
     async def finish_and_claim(
-        self, outcomes: Sequence[JobOutcome], worker_id: str, now: datetime, limit: int
-    ) -> tuple[list[str], list[AsyncJob]]:
-        # No await point in either: as atomic as one transaction.
-        return await self.finish_jobs(outcomes), await self.claim_jobs(worker_id, now, limit)
+        self,
+        outcomes: Sequence[JobOutcome],
+        worker_id: str,
+        now: datetime,
+        limit: int,
+        *,
+        locking: RunLocking | None = None,
+    ) -> Claimed:
+        # No await point in any of them: as atomic as one transaction.
+        applied = await self.finish_jobs(outcomes)
+        claimed = await self.claim_jobs(worker_id, now, limit)
+        locked: set[str] = set()
+        if locking is not None:
+            for i, job in enumerate(claimed):
+                claim = locking.claim(i, job.plan_name, now)
+                taken = self._acquire(claim)
+                if taken is not None and taken.owner_id == claim.owner_id:
+                    locked.add(job.id)
+        return Claimed(applied, claimed, frozenset(locked))
+
+    def _acquire(self, claim: LockRecord) -> LockRecord | None:
+        """`acquire_lock` without an await point (`MemoryLocks`)."""
+        raise NotImplementedError
 
     async def heartbeat(self, worker: WorkerRecord) -> list[JobBeat]:
         now = _utc(worker.last_heartbeat)

@@ -19,6 +19,9 @@ class MemoryLocks:
         self._locks: dict[Resource, LockRecord] = {}
 
     async def acquire_lock(self, claim: LockRecord) -> LockRecord | None:
+        return self._acquire(claim)
+
+    def _acquire(self, claim: LockRecord) -> LockRecord | None:
         claim = _in_utc(claim)
         held = self._locks.get(claim.resource)
         if held is None or held.expired(claim.acquired_at):

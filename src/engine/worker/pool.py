@@ -16,17 +16,19 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from engine.domain.job import AsyncJob, JobOutcome, WorkerRecord, new_worker_id
+from engine.domain.job import AsyncJob, Claimed, JobOutcome, WorkerRecord, new_worker_id
+from engine.domain.lock import RunLocking, this_process
 from engine.domain.states import AsyncJobStatus
 from engine.errors import StoreError
+from engine.ids import new_ids
 from engine.redaction import Redactor
 from engine.worker.models import WorkerHealthReport, WorkerSettings
 from engine.worker.outcomes import OutcomeWriter
@@ -75,6 +77,7 @@ class WorkerPool:
         self._hurry = anyio.Event()
         self._last_beat_ok = 0.0
         self._next_ttl = 0.0
+        self._plan_ttl = engine.settings.locks.plan_ttl
 
     # -- control -------------------------------------------------------------------------------
 
@@ -144,12 +147,11 @@ class WorkerPool:
                         await self._wait_for_wake(None)
                 free = concurrency - len(self._running)
             self._wake = anyio.Event()
-            claim = partial(
-                self._store.finish_and_claim,
-                worker_id=self.worker_id,
-                now=self.clock.now(),
-                limit=min(free, most),
-            )
+            limit = min(free, most)
+            now = self.clock.now()
+            # The claim takes the plan locks of the runs it hands out too (one write, not two).
+            locking = RunLocking(tuple(new_ids(limit)), *this_process(), self._plan_ttl)
+            claim = partial(self._claim, now=now, limit=limit, locking=locking)
             try:
                 # The outcomes of the jobs whose slots freed go in the same transaction.
                 claimed = await self._writer.carry(claim)
@@ -158,11 +160,14 @@ class WorkerPool:
                 logger.warning("worker %s: claiming failed: %s", self.worker_id, exc)
                 await self._wait_for_wake(self.settings.poll_interval)
                 continue
-            if claimed:
+            if claimed.jobs:
                 idle = MIN_IDLE
-                for job in claimed:
+                for i, job in enumerate(claimed.jobs):
                     self._announce(job, AsyncJobStatus.QUEUED, AsyncJobStatus.RUNNING)
-                    self._start(jobs, job)
+                    running = RunningJob(job, self.worker_id, claimed_run_id=locking.run_ids[i])
+                    if job.id in claimed.locked:
+                        running.plan_lock = locking.claim(i, job.plan_name, now)
+                    self._start(jobs, running)
                 continue
             if self.settings.burst:
                 if not self._running:
@@ -172,8 +177,16 @@ class WorkerPool:
             await self._wait_for_wake(idle)
             idle = min(idle * 2, self.settings.poll_interval)
 
-    def _start(self, jobs: TaskGroup, job: AsyncJob) -> None:
-        running = RunningJob(job, self.worker_id)
+    async def _claim(
+        self, outcomes: Sequence[JobOutcome], *, now: datetime, limit: int, locking: RunLocking
+    ) -> tuple[list[str], Claimed]:
+        claimed = await self._store.finish_and_claim(
+            outcomes, self.worker_id, now, limit, locking=locking
+        )
+        return claimed.applied, claimed
+
+    def _start(self, jobs: TaskGroup, running: RunningJob) -> None:
+        job = running.job
         self._running[job.id] = running
         self._report.claimed += 1
         jobs.start_soon(self._run_one, running, name=f"job {job.id}")

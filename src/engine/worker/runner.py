@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -18,15 +19,17 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 
 from engine.domain.job import AsyncJob, JobOutcome, deserialize_job_payload
+from engine.domain.lock import LockRecord, Owner
 from engine.domain.plan import Plan
 from engine.domain.results import RunResult
 from engine.domain.states import AsyncJobStatus, RunState, SubplanState
-from engine.errors import EngineError, JobPayloadError
+from engine.errors import EngineError, JobPayloadError, StoreError
 from engine.ports.clock import Clock
 from engine.redaction import Redactor
 from engine.signing import SigningKey, verify_payload
 
 if TYPE_CHECKING:
+    from engine.locks.service import LockService
     from engine.prepared import PreparedRun
 
 logger = logging.getLogger("engine.worker")
@@ -35,6 +38,8 @@ logger = logging.getLogger("engine.worker")
 MAX_ERROR_CHARS = 4000
 #: Output lines of each failed subplan quoted in a job's error.
 TAIL_LINES = 5
+#: How long releasing a plan lock the run never took may take (shielded from cancellation).
+RELEASE_TIMEOUT = 10.0
 
 
 class StopReason(Enum):
@@ -51,7 +56,17 @@ class StopReason(Enum):
 class Preparer(Protocol):
     """What the runner needs of the engine (`engine.app.Engine`)."""
 
-    def prepare_run(self, plan: Plan, *, lock_wait: float = 0.0) -> PreparedRun: ...
+    @property
+    def locks(self) -> LockService: ...
+
+    def prepare_run(
+        self,
+        plan: Plan,
+        *,
+        lock_wait: float = 0.0,
+        run_id: str | None = None,
+        taken: Sequence[LockRecord] = (),
+    ) -> PreparedRun: ...
 
 
 @dataclass(slots=True)
@@ -62,7 +77,12 @@ class RunningJob:
     worker_id: str
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     reason: StopReason | None = None
+    #: The id of its run, once prepared.
     run_id: str | None = None
+    #: The id the claim chose for its run (`RunLocking`; None: a new one) and the run's plan
+    #: lock, if the claim took it: the run holds it from its first step.
+    claimed_run_id: str | None = None
+    plan_lock: LockRecord | None = None
 
     def stop(self, reason: StopReason) -> None:
         """Cancel the job's scope; the first reason given is the one that counts."""
@@ -99,7 +119,30 @@ async def run_job(
     signing_key: SigningKey | None = None,
 ) -> JobOutcome | None:
     """Run the job's plan to its end; the outcome to record (None: the claim was lost).
-    With a `signing_key`, a job whose payload signature is missing or wrong fails unrun."""
+    With a `signing_key`, a job whose payload signature is missing or wrong fails unrun. A
+    plan lock the claim took for the run (`running.plan_lock`) is the run's to hold, and
+    released here if the run never gets to it."""
+    try:
+        return await _run(engine, running, clock, job_timeout, redact, signing_key)
+    finally:
+        lock, running.plan_lock = running.plan_lock, None
+        if lock is not None and running.claimed_run_id is not None:  # never taken over
+            owner = Owner.of_run(running.claimed_run_id)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(RELEASE_TIMEOUT):
+                try:
+                    await engine.locks.release(lock.resource, owner)
+                except StoreError as exc:
+                    logger.warning("job %s: its plan lock stays: %s", running.job.id, exc)
+
+
+async def _run(
+    engine: Preparer,
+    running: RunningJob,
+    clock: Clock,
+    job_timeout: float,
+    redact: Redactor,
+    signing_key: SigningKey | None,
+) -> JobOutcome | None:
     try:
         if signing_key is not None:
             verify_payload(running.job.payload, running.job.id, signing_key)
@@ -108,6 +151,8 @@ async def run_job(
         message = redact(str(exc))
         logger.warning("job %s: %s", running.job.id, message)
         return running.outcome(clock, AsyncJobStatus.FAILED, message)
+    lock = running.plan_lock
+    taken = (lock,) if lock is not None and lock.resource.name == payload.plan.name else ()
     prepared: PreparedRun | None = None
     result: RunResult | None = None
     error: str | None = None
@@ -117,8 +162,12 @@ async def run_job(
     with scope:
         # A plan already running elsewhere (its plan lock) is waited for, within the timeout.
         try:
-            prepared = engine.prepare_run(payload.plan, lock_wait=job_timeout)
+            prepared = engine.prepare_run(
+                payload.plan, lock_wait=job_timeout, run_id=running.claimed_run_id, taken=taken
+            )
             running.run_id = prepared.run_id
+            if taken:
+                running.plan_lock = None  # the run holds it from its first step
             # The job row says it runs: its run is created by the next flush, not awaited.
             result = await prepared.execute(record_first=False)
         except EngineError as exc:

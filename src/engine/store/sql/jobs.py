@@ -45,7 +45,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from engine.domain.job import AsyncJob, JobBeat, JobOutcome, WorkerRecord, lost_worker_message
+from engine.domain.job import (
+    AsyncJob,
+    Claimed,
+    JobBeat,
+    JobOutcome,
+    WorkerRecord,
+    lost_worker_message,
+)
+from engine.domain.lock import LockKind, LockRecord, RunLocking
 from engine.domain.states import TERMINAL_JOB_STATUSES, AsyncJobStatus
 from engine.store.sql import litebatch
 from engine.store.sql.errors import translated
@@ -111,7 +119,12 @@ def _job(row: Mapping[Any, Any]) -> AsyncJob:
 
 def _claimed(rows: Sequence[Mapping[Any, Any]]) -> list[AsyncJob]:
     """Claimed rows as jobs, oldest first."""
-    return sorted((_job(r) for r in rows), key=lambda j: j.id)
+    return [_job(r) for r in sorted(rows, key=_by_id)]
+
+
+def _by_id(row: Mapping[Any, Any]) -> str:
+    id_: str = row["id"]
+    return id_
 
 
 def _worker(row: RowMapping) -> WorkerRecord:
@@ -161,7 +174,7 @@ class SqlJobs:
 
     async def claim_jobs(self, worker_id: str, now: datetime, limit: int) -> list[AsyncJob]:
         if self._pg is not None:  # PostgreSQL's one-statement claim, with no outcomes
-            return (await self._finish_and_claim_at_once(self._pg, [], worker_id, now, limit))[1]
+            return (await self._finish_and_claim_at_once(self._pg, [], worker_id, now, limit)).jobs
         rows = await self._tx.run(
             "claiming jobs",
             lambda conn: self._claim_rows(conn, worker_id, now, limit),
@@ -170,23 +183,34 @@ class SqlJobs:
         return _claimed(rows)
 
     async def finish_and_claim(
-        self, outcomes: Sequence[JobOutcome], worker_id: str, now: datetime, limit: int
-    ) -> tuple[list[str], list[AsyncJob]]:
-        if not outcomes:  # the claim alone: one statement, no transaction around it
-            return [], await self.claim_jobs(worker_id, now, limit)
+        self,
+        outcomes: Sequence[JobOutcome],
+        worker_id: str,
+        now: datetime,
+        limit: int,
+        *,
+        locking: RunLocking | None = None,
+    ) -> Claimed:
+        if not outcomes and locking is None:  # the claim alone: one statement, no transaction
+            return Claimed([], await self.claim_jobs(worker_id, now, limit))
         if (
             self._pg is not None
             and len(outcomes) <= _CHUNK
             and not any(o.status is AsyncJobStatus.QUEUED for o in outcomes)
         ):
-            return await self._finish_and_claim_at_once(self._pg, outcomes, worker_id, now, limit)
+            return await self._finish_and_claim_at_once(
+                self._pg, outcomes, worker_id, now, limit, locking
+            )
 
-        def both(conn: Connection) -> tuple[list[str], Sequence[Mapping[Any, Any]]]:
-            applied = self._finish_all(conn, outcomes)
-            return applied, self._claim_rows(conn, worker_id, now, limit)
+        def both(conn: Connection) -> tuple[list[str], list[Mapping[Any, Any]], frozenset[str]]:
+            applied = self._finish_all(conn, outcomes) if outcomes else []
+            rows = sorted(self._claim_rows(conn, worker_id, now, limit), key=_by_id)
+            locked = self._lock_runs(conn, rows, locking, now) if locking else frozenset()
+            return applied, rows, locked
 
-        applied, rows = await self._tx.run("recording job outcomes and claiming jobs", both)
-        return applied, _claimed(rows)
+        doing = "recording job outcomes and claiming jobs" if outcomes else "claiming jobs"
+        applied, rows, locked = await self._tx.run(doing, both)
+        return Claimed(applied, [_job(r) for r in rows], locked)
 
     async def _finish_and_claim_at_once(
         self,
@@ -195,13 +219,48 @@ class SqlJobs:
         worker_id: str,
         now: datetime,
         limit: int,
-    ) -> tuple[list[str], list[AsyncJob]]:
+        locking: RunLocking | None = None,
+    ) -> Claimed:
         """PostgreSQL, no hand-backs: one statement (`pgbatch`), one round trip."""
-        sql, params = pg.finish_and_claim(outcomes, worker_id, now, limit)
+        sql, params = pg.finish_and_claim(outcomes, worker_id, now, limit, locking)
         rows = await self._tx.fetch("recording job outcomes and claiming jobs", sql, params)
         applied = list(rows[0]["applied"] or [])  # one row at least: see the statement
-        claimed = [{k: v for k, v in row.items() if k != "applied"} for row in rows if row["id"]]
-        return applied, _claimed(claimed)
+        extra = ("applied", "locked")
+        claimed = [{k: v for k, v in row.items() if k not in extra} for row in rows if row["id"]]
+        locked = frozenset(row["id"] for row in rows if row["id"] and row["locked"])
+        return Claimed(applied, _claimed(claimed), locked)
+
+    def _lock_runs(
+        self,
+        conn: Connection,
+        rows: Sequence[Mapping[Any, Any]],
+        locking: RunLocking,
+        now: datetime,
+    ) -> frozenset[str]:
+        """Take the plan locks of the claimed jobs' runs (`rows`, oldest first) in the
+        transaction of `conn`, the oldest job first where several have one plan: the ids of
+        the jobs whose lock was taken."""
+        firsts: dict[str, tuple[str, LockRecord]] = {}
+        for i, row in enumerate(rows):
+            if row["plan_name"] not in firsts:
+                firsts[row["plan_name"]] = (row["id"], locking.claim(i, row["plan_name"], now))
+        claims = [claim for _, claim in firsts.values()]
+        if not claims:
+            return frozenset()
+        taken: Sequence[Mapping[Any, Any]]
+        if self._jobs_sqlite:
+            taken = litebatch.acquire(conn, claims)
+        else:
+            assert self._pg is not None  # PostgreSQL
+            sql, params = self._pg.acquire(claims)
+            taken = conn.exec_driver_sql(sql, params).mappings().all()
+        return frozenset(
+            firsts[row["resource_id"]][0]
+            for row in taken
+            if row["resource_type"] == LockKind.PLAN.value
+            and row["resource_id"] in firsts
+            and firsts[row["resource_id"]][1].owner_id == row["owner_id"]
+        )
 
     def _claim_rows(
         self, conn: Connection, worker_id: str, now: datetime, limit: int

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
 from engine.domain.job import JobOutcome
-from engine.domain.lock import LockRecord, Resource
+from engine.domain.lock import LockKind, LockRecord, Resource, RunLocking
 from engine.domain.states import AsyncJobStatus
 from engine.store.sql import mapping
 from engine.store.sql.litebatch import LOCK_INSERT_COLUMNS, ON_CONFLICT
@@ -67,6 +67,9 @@ class PgStatements:
         ]
         self._key_types = array_types(locks, ("resource_type", "resource_id", "owner_id"))
         self._outcome_types = array_types(jobs, _OUTCOME_COLUMNS)
+        self._lock_types = [
+            locks.c[name].type.compile(dialect=dialect) for name in ("host", "pid", "expires_at")
+        ]
         inserted = [c for c in LOCK_INSERT_COLUMNS if c != "depth"]
         lock_marks = ", ".join(
             f"${n}::{t}" for n, t in enumerate(array_types(locks, inserted), start=1)
@@ -143,10 +146,17 @@ class PgStatements:
         return f"WITH {', '.join(parts)} {answer}", tuple(params)
 
     def finish_and_claim(
-        self, outcomes: Sequence[JobOutcome], worker_id: str, now: datetime, limit: int
+        self,
+        outcomes: Sequence[JobOutcome],
+        worker_id: str,
+        now: datetime,
+        limit: int,
+        locking: RunLocking | None = None,
     ) -> tuple[str, tuple[Any, ...]]:
-        """The statement and its parameters that apply `outcomes` (none of them a hand-back)
-        and then claim up to `limit` queued jobs for `worker_id`."""
+        """The statement and its parameters that apply `outcomes` (none of them a hand-back),
+        then claim up to `limit` queued jobs for `worker_id` and, with `locking`, take the plan
+        locks of their runs (the acquire upsert, oldest job first per plan). Each claimed row
+        comes with `locked`: whether its run's lock was taken."""
         columns = [
             [o.job_id for o in outcomes],
             [o.worker_id for o in outcomes],
@@ -172,8 +182,51 @@ class PgStatements:
             f"claimed AS (UPDATE {table} SET status = '{_RUNNING}', worker_id = ${n + 2}, "
             f"attempts = attempts + 1, started_at = ${n + 3}, last_heartbeat = ${n + 3}, "
             f"finished_at = NULL WHERE id IN (SELECT id FROM picked) AND status = '{_QUEUED}' "
-            "RETURNING *) "
-            "SELECT d.applied, c.* FROM (SELECT array_agg(id) AS applied FROM done) AS d "
-            "LEFT JOIN claimed AS c ON true"
+            "RETURNING *)"
         )
-        return sql, (*columns, limit, worker_id, now)
+        params: tuple[Any, ...] = (*columns, limit, worker_id, now)
+        if locking is None:
+            sql += (
+                " SELECT d.applied, c.*, false AS locked FROM "
+                "(SELECT array_agg(id) AS applied FROM done) AS d LEFT JOIN claimed AS c ON true"
+            )
+            return sql, params
+        # The i-th job claimed (oldest first) runs as run_ids[i]; the oldest of each plan
+        # proposes its run's lock (one statement must not propose a key twice).
+        runs, owner = f"${n + 4}::text[]", f"${n + 5}::text"
+        host, pid, expires = (
+            f"${n + i}::{t}" for i, t in zip((6, 7, 8), self._lock_types, strict=True)
+        )
+        values = {
+            "resource_type": f"'{LockKind.PLAN.value}'",
+            "resource_id": "f.plan_name",
+            "owner_id": f"{owner} || ({runs})[f.n]",
+            "acquired_at": f"${n + 3}",
+            "expires_at": expires,
+            "depth": "1",
+            "host": host,
+            "pid": pid,
+            "run_id": f"({runs})[f.n]",
+        }
+        sql += (
+            ", numbered AS (SELECT id, plan_name, row_number() OVER (ORDER BY id) AS n "
+            "FROM claimed), "
+            "firsts AS (SELECT DISTINCT ON (plan_name) id, plan_name, n FROM numbered "
+            "ORDER BY plan_name, n), "
+            f"taken AS (INSERT INTO {locks.name} ({', '.join(LOCK_INSERT_COLUMNS)}) "
+            f"SELECT {', '.join(values[c] for c in LOCK_INSERT_COLUMNS)} FROM firsts AS f "
+            f"{ON_CONFLICT}) "
+            "SELECT d.applied, c.*, t.owner_id IS NOT NULL AS locked FROM "
+            "(SELECT array_agg(id) AS applied FROM done) AS d LEFT JOIN claimed AS c ON true "
+            "LEFT JOIN firsts AS f ON f.id = c.id LEFT JOIN taken AS t "
+            f"ON t.resource_id = f.plan_name AND t.owner_id = {owner} || ({runs})[f.n]"
+        )
+        claim = locking.claim(0, "x", now)  # every proposed lock has these times
+        params += (
+            list(locking.run_ids),
+            f"{locking.host}:{locking.pid}:",
+            locking.host,
+            locking.pid,
+            claim.expires_at,
+        )
+        return sql, params
