@@ -9,7 +9,6 @@ from typing import Any
 
 from engine.domain.events import Event
 from engine.domain.states import FailureMode, RunState, SubplanState
-from engine.ids import new_ids
 from engine.ports.store import RunRecord, SubplanRecord
 
 #: Run columns an update may change; the rest are fixed when the run is created.
@@ -43,7 +42,7 @@ RUN_COLUMNS = (
     "resumed_from",
 )
 SUBPLAN_COLUMNS = ("id", "run_id", "path", "position", "kind", *SUBPLAN_UPDATE_COLUMNS)
-EVENT_COLUMNS = ("id", "run_id", "seq", "type", "at", "path", "payload")
+EVENT_COLUMNS = ("run_id", "seq", "type", "at", "path", "payload")
 
 #: A datetime as the driver takes it: the SQLite text form, or the aware datetime itself.
 TimeParam = Callable[[datetime | None], datetime | str | None]
@@ -114,8 +113,7 @@ def subplan_update(sub: SubplanRecord, time: TimeParam) -> tuple[Any, ...]:
 
 def event_rows(events: Sequence[Event], time: TimeParam) -> list[tuple[Any, ...]]:
     return [
-        (id_, e.run_id, e.seq, e.type, time(e.at), getattr(e, "path", None), e.to_json())
-        for id_, e in zip(new_ids(len(events)), events, strict=True)
+        (e.run_id, e.seq, e.type, time(e.at), getattr(e, "path", None), e.to_json()) for e in events
     ]
 
 

@@ -90,6 +90,12 @@ runs = sa.Table(
     sa.Index(None, "created_at"),
 )
 
+# A worker writes a few rows into each of these for every job, thousands a second: each index
+# is one more B-tree to change per row (and one more page to write per commit). So they have the
+# indexes their queries need and no more, and on SQLite, where a table is a B-tree of its own
+# beside its primary key's, the tables of small rows are WITHOUT ROWID: the primary key is the
+# table (`sqlite_with_rowid=False`; PostgreSQL ignores it).
+
 subplan_runs = sa.Table(
     "engine_subplan_runs",
     metadata,
@@ -112,29 +118,29 @@ subplan_runs = sa.Table(
     sa.Column("output_tail", sa.Text(), nullable=True),
     sa.Column("log_path", sa.Text(), nullable=True),
     one_of("state", SubplanState),
-    # The key of every update; `runs show` and `resume` read a run's subplans in plan order.
+    # The key of every update, and a run's subplans for `runs show` and `resume` (which put
+    # them in plan order, `position`, themselves: a run has few).
     sa.UniqueConstraint("run_id", "path"),
-    sa.Index(None, "run_id", "position"),
+    sqlite_with_rowid=False,
 )
 
 events = sa.Table(
     "engine_events",
     metadata,
-    sa.Column("id", ULID, primary_key=True),
+    # A run's event log, in order: its key is the run and the event's number in it.
     sa.Column(
         "run_id",
         ULID,
         sa.ForeignKey("engine_runs.id", ondelete="CASCADE"),
-        nullable=True,
+        primary_key=True,
     ),
-    sa.Column("seq", sa.Integer(), nullable=False),
+    sa.Column("seq", sa.Integer(), primary_key=True),
     sa.Column("type", sa.String(64), nullable=False),
     sa.Column("at", UTCDateTime(), nullable=False),
     sa.Column("path", sa.Text(), nullable=True),
     #: The whole event as its JSON line (schema in docs/events.md).
     sa.Column("payload", sa.Text(), nullable=False),
-    # A run's event log in order.
-    sa.Index(None, "run_id", "seq"),
+    sqlite_with_rowid=False,
 )
 
 locks = sa.Table(
@@ -160,6 +166,7 @@ locks = sa.Table(
     # `release_all_for_owner`; purging and counting expired locks.
     sa.Index(None, "owner_id"),
     sa.Index(None, "expires_at"),
+    sqlite_with_rowid=False,
 )
 
 jobs = sa.Table(
