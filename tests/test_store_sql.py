@@ -14,7 +14,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from sqlalchemy.engine import Connection
 
 from engine.domain.states import FailureMode, RunState
 from engine.errors import (
@@ -30,6 +29,7 @@ from engine.store import MemoryStore, open_store, parse_url, schema_status, upgr
 from engine.store.sql import SqlStore, head_revision
 from engine.store.sql.errors import translated
 from engine.store.sql.schema import known_revisions
+from engine.store.sql.transact import DriverSql
 
 
 def sqlite_url(path: Path) -> str:
@@ -187,15 +187,15 @@ async def test_a_started_sqlite_write_finishes_even_when_its_caller_is_cancelled
     run = a_run()
     loop = asyncio.get_running_loop()
 
-    def work(conn: Connection) -> None:  # in the store's writer thread
+    def work(sql: DriverSql) -> None:  # in the store's writer thread
         loop.call_soon_threadsafe(started.set)
         assert go.wait(10)
-        store._statements(Changes(created=[NewRun(run, "{}", [])]))(conn)
+        store._statements(Changes(created=[NewRun(run, "{}", [])]))(sql, lambda _: [])
 
     try:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(partial(store._tx.run, "recording", work))
+                tg.start_soon(partial(store._tx.run_sqlite, "recording", work))
                 await started.wait()
                 tg.cancel_scope.cancel()
                 go.set()

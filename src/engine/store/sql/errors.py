@@ -8,6 +8,7 @@ what to do.
 from __future__ import annotations
 
 import socket
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,6 +31,10 @@ def translated(location: str, doing: str) -> Iterator[None]:
         raise classify(exc, location, doing) from exc
     except sa_exc.SQLAlchemyError as exc:
         raise StoreError(f"{location}: {doing} failed: {exc}") from exc
+    except sqlite3.Error as exc:  # SQLite's own SQL, sent to the driver directly
+        raise classify_driver(
+            exc, isinstance(exc, sqlite3.IntegrityError), location, doing
+        ) from exc
     except (OSError, TimeoutError) as exc:
         raise StoreUnavailableError(
             f"{location}: cannot reach the database server ({_os_reason(exc)})"

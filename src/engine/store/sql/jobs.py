@@ -53,13 +53,13 @@ from engine.domain.job import (
     WorkerRecord,
     lost_worker_message,
 )
-from engine.domain.lock import LockKind, LockRecord, RunLocking
+from engine.domain.lock import LockRecord, RunLocking
 from engine.domain.states import TERMINAL_JOB_STATUSES, AsyncJobStatus
 from engine.store.sql import litebatch
 from engine.store.sql.errors import translated
 from engine.store.sql.pgbatch import PgStatements
 from engine.store.sql.tables import jobs, workers
-from engine.store.sql.transact import Transactions
+from engine.store.sql.transact import DriverSql, Transactions
 
 logger = logging.getLogger("engine.worker")
 
@@ -127,6 +127,30 @@ def _by_id(row: Mapping[Any, Any]) -> str:
     return id_
 
 
+def _run_locks(
+    rows: Sequence[Mapping[Any, Any]], locking: RunLocking | None, now: datetime
+) -> dict[str, LockRecord]:
+    """The plan locks a claim takes for its jobs' runs (`rows`: the claimed jobs, oldest
+    first), by the id of the job whose run proposes it: the oldest job of each plan."""
+    if locking is None:
+        return {}
+    firsts: dict[str, tuple[str, LockRecord]] = {}
+    for i, row in enumerate(rows):
+        if row["plan_name"] not in firsts:
+            firsts[row["plan_name"]] = (row["id"], locking.claim(i, row["plan_name"], now))
+    return dict(firsts.values())
+
+
+def _locked(claims: dict[str, LockRecord], taken: Sequence[Mapping[Any, Any]]) -> frozenset[str]:
+    """The ids of the jobs whose proposed lock (`claims`) is among the locks `taken`."""
+    owners = {(row["resource_id"], row["owner_id"]) for row in taken}
+    return frozenset(
+        job_id
+        for job_id, claim in claims.items()
+        if (claim.resource.name, claim.owner_id) in owners
+    )
+
+
 def _worker(row: RowMapping) -> WorkerRecord:
     return WorkerRecord(**dict(row))
 
@@ -175,9 +199,9 @@ class SqlJobs:
     async def claim_jobs(self, worker_id: str, now: datetime, limit: int) -> list[AsyncJob]:
         if self._pg is not None:  # PostgreSQL's one-statement claim, with no outcomes
             return (await self._finish_and_claim_at_once(self._pg, [], worker_id, now, limit)).jobs
-        rows = await self._tx.run(
+        rows = await self._tx.run_sqlite(
             "claiming jobs",
-            lambda conn: self._claim_rows(conn, worker_id, now, limit),
+            lambda sql: litebatch.claim(sql, worker_id, now, limit),
             transaction=False,
         )
         return _claimed(rows)
@@ -202,14 +226,37 @@ class SqlJobs:
                 self._pg, outcomes, worker_id, now, limit, locking
             )
 
-        def both(conn: Connection) -> tuple[list[str], list[Mapping[Any, Any]], frozenset[str]]:
-            applied = self._finish_all(conn, outcomes) if outcomes else []
-            rows = sorted(self._claim_rows(conn, worker_id, now, limit), key=_by_id)
-            locked = self._lock_runs(conn, rows, locking, now) if locking else frozenset()
-            return applied, rows, locked
-
         doing = "recording job outcomes and claiming jobs" if outcomes else "claiming jobs"
-        applied, rows, locked = await self._tx.run(doing, both)
+        if self._jobs_sqlite:
+
+            def lite(
+                sql: DriverSql,
+            ) -> tuple[list[str], Sequence[Mapping[Any, Any]], frozenset[str]]:
+                applied = litebatch.finish(sql, outcomes) if outcomes else []
+                rows = sorted(litebatch.claim(sql, worker_id, now, limit), key=_by_id)
+                claims = _run_locks(rows, locking, now)
+                taken = litebatch.acquire(sql, list(claims.values())) if claims else []
+                return applied, rows, _locked(claims, taken)
+
+            applied, rows, locked = await self._tx.run_sqlite(doing, lite)
+        else:
+
+            def both(
+                conn: Connection,
+            ) -> tuple[list[str], Sequence[Mapping[Any, Any]], frozenset[str]]:
+                applied = self._finish_all(conn, outcomes) if outcomes else []
+                rows = sorted(
+                    conn.execute(self._claim(worker_id, now, limit)).mappings(), key=_by_id
+                )
+                claims = _run_locks(rows, locking, now)
+                taken: Sequence[Mapping[Any, Any]] = []
+                if claims:
+                    assert self._pg is not None  # PostgreSQL
+                    sql, params = self._pg.acquire(list(claims.values()))
+                    taken = conn.exec_driver_sql(sql, params).mappings().all()
+                return applied, rows, _locked(claims, taken)
+
+            applied, rows, locked = await self._tx.run(doing, both)
         return Claimed(applied, [_job(r) for r in rows], locked)
 
     async def _finish_and_claim_at_once(
@@ -230,60 +277,16 @@ class SqlJobs:
         locked = frozenset(row["id"] for row in rows if row["id"] and row["locked"])
         return Claimed(applied, _claimed(claimed), locked)
 
-    def _lock_runs(
-        self,
-        conn: Connection,
-        rows: Sequence[Mapping[Any, Any]],
-        locking: RunLocking,
-        now: datetime,
-    ) -> frozenset[str]:
-        """Take the plan locks of the claimed jobs' runs (`rows`, oldest first) in the
-        transaction of `conn`, the oldest job first where several have one plan: the ids of
-        the jobs whose lock was taken."""
-        firsts: dict[str, tuple[str, LockRecord]] = {}
-        for i, row in enumerate(rows):
-            if row["plan_name"] not in firsts:
-                firsts[row["plan_name"]] = (row["id"], locking.claim(i, row["plan_name"], now))
-        claims = [claim for _, claim in firsts.values()]
-        if not claims:
-            return frozenset()
-        taken: Sequence[Mapping[Any, Any]]
-        if self._jobs_sqlite:
-            taken = litebatch.acquire(conn, claims)
-        else:
-            assert self._pg is not None  # PostgreSQL
-            sql, params = self._pg.acquire(claims)
-            taken = conn.exec_driver_sql(sql, params).mappings().all()
-        return frozenset(
-            firsts[row["resource_id"]][0]
-            for row in taken
-            if row["resource_type"] == LockKind.PLAN.value
-            and row["resource_id"] in firsts
-            and firsts[row["resource_id"]][1].owner_id == row["owner_id"]
-        )
-
-    def _claim_rows(
-        self, conn: Connection, worker_id: str, now: datetime, limit: int
-    ) -> Sequence[Mapping[Any, Any]]:
-        """The claim's rows, in the transaction of `conn`: SQLite's driver SQL (`litebatch`),
-        else the Core statement."""
-        if self._jobs_sqlite:
-            return litebatch.claim(conn, worker_id, now, limit)
-        return list(conn.execute(self._claim(worker_id, now, limit)).mappings().all())
-
     def _claim(self, worker_id: str, now: datetime, limit: int) -> sa.Update:
-        """The claim: one statement, `UPDATE … RETURNING` of the oldest queued jobs."""
+        """PostgreSQL's claim as a Core statement, for a claim in a transaction of other
+        writes (SQLite's is `litebatch.CLAIM`): `UPDATE … RETURNING` of the oldest queued
+        jobs. A MATERIALIZED CTE runs the locking subselect once: as a plain `IN (subquery)`
+        PostgreSQL may re-run it per row and claim more than `limit` jobs."""
         oldest = (
             sa.select(jobs.c.id).where(jobs.c.status == _QUEUED).order_by(jobs.c.id).limit(limit)
         )
-        picked: sa.ScalarSelect[str] | sa.Select[tuple[str]]
-        if self._jobs_sqlite:
-            picked = oldest.scalar_subquery()
-        else:
-            # A MATERIALIZED CTE runs the locking subselect once: as a plain `IN (subquery)`
-            # PostgreSQL may re-run it per row and claim more than `limit` jobs.
-            cte = oldest.with_for_update(skip_locked=True).cte("picked")
-            picked = sa.select(cte.prefix_with("MATERIALIZED").c.id)
+        cte = oldest.with_for_update(skip_locked=True).cte("picked")
+        picked = sa.select(cte.prefix_with("MATERIALIZED").c.id)
         return (
             sa.update(jobs)
             .where(jobs.c.id.in_(picked), jobs.c.status == _QUEUED)
@@ -316,13 +319,13 @@ class SqlJobs:
         return sorted(beats, key=lambda b: b.job_id)
 
     async def finish_jobs(self, outcomes: Sequence[JobOutcome]) -> list[str]:
-        return await self._tx.run(
-            "recording job outcomes", lambda conn: self._finish_all(conn, outcomes)
-        )
+        doing = "recording job outcomes"
+        if self._jobs_sqlite:  # no notifications on SQLite
+            return await self._tx.run_sqlite(doing, lambda sql: litebatch.finish(sql, outcomes))
+        return await self._tx.run(doing, lambda conn: self._finish_all(conn, outcomes))
 
     def _finish_all(self, conn: Connection, outcomes: Sequence[JobOutcome]) -> list[str]:
-        if self._jobs_sqlite:
-            return litebatch.finish(conn, outcomes)  # no notifications on SQLite
+        """PostgreSQL's outcomes in a transaction (SQLite's are `litebatch.finish`)."""
         applied: list[str] = []
         for start in range(0, len(outcomes), _CHUNK):
             applied.extend(self._finish(conn, outcomes[start : start + _CHUNK]))

@@ -22,13 +22,12 @@ from functools import cache
 from itertools import chain
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from engine.domain.job import JobOutcome
 from engine.domain.lock import LockRecord
 from engine.domain.states import AsyncJobStatus
 from engine.store.sql.mapping import sqlite_time
 from engine.store.sql.tables import jobs, locks
+from engine.store.sql.transact import DriverSql
 
 _RUNNING, _QUEUED = AsyncJobStatus.RUNNING.value, AsyncJobStatus.QUEUED.value
 _JOB_COLUMNS = tuple(c.name for c in jobs.c)
@@ -95,14 +94,14 @@ def _on_conflict() -> str:
 ON_CONFLICT = _on_conflict()
 
 
-def claim(conn: Connection, worker_id: str, now: datetime, limit: int) -> list[dict[str, Any]]:
+def claim(sql: DriverSql, worker_id: str, now: datetime, limit: int) -> list[dict[str, Any]]:
     """Claim the oldest queued jobs (at most `limit`): their rows, as the columns of `jobs`."""
     at = sqlite_time(now)
-    rows = conn.exec_driver_sql(CLAIM, (worker_id, at, at, limit)).all()
+    rows = sql.execute(CLAIM, (worker_id, at, at, limit)).fetchall()
     return [_row(_JOB_COLUMNS, _JOB_TIMES, row) for row in rows]
 
 
-def finish(conn: Connection, outcomes: Sequence[JobOutcome]) -> list[str]:
+def finish(sql: DriverSql, outcomes: Sequence[JobOutcome]) -> list[str]:
     """Write the outcomes whose claim still holds (same worker, same token): their job ids."""
     applied: list[str] = []
     for start in range(0, len(outcomes), _CHUNK):
@@ -112,11 +111,12 @@ def finish(conn: Connection, outcomes: Sequence[JobOutcome]) -> list[str]:
             f" WHERE status = '{_RUNNING}' AND id IN ({', '.join('?' * len(chunk))})"
         )
         held = {
-            i: (w, a) for i, w, a in conn.exec_driver_sql(held_sql, tuple(o.job_id for o in chunk))
+            i: (w, a)
+            for i, w, a in sql.execute(held_sql, tuple(o.job_id for o in chunk)).fetchall()
         }
         mine = [o for o in chunk if held.get(o.job_id) == (o.worker_id, o.token)]
         if mine:
-            conn.exec_driver_sql(FINISH, [_finish_row(o) for o in mine])
+            sql.executemany(FINISH, [_finish_row(o) for o in mine])
         applied.extend(o.job_id for o in mine)
     return applied
 
@@ -137,7 +137,7 @@ def _finish_row(out: JobOutcome) -> tuple[Any, ...]:
     )
 
 
-def acquire(conn: Connection, claims: Sequence[LockRecord]) -> list[dict[str, Any]]:
+def acquire(sql: DriverSql, claims: Sequence[LockRecord]) -> list[dict[str, Any]]:
     """The acquire upsert (`engine.store.sql.locks`) for these claims (one per key):
     the rows of the locks taken or re-entered."""
     params: list[Any] = []
@@ -152,7 +152,7 @@ def acquire(conn: Connection, claims: Sequence[LockRecord]) -> list[dict[str, An
             c.pid,
             c.run_id,
         )
-    rows = conn.exec_driver_sql(_acquire_sql(len(claims)), tuple(params)).all()
+    rows = sql.execute(_acquire_sql(len(claims)), params).fetchall()
     return [_row(LOCK_COLUMNS, _LOCK_TIMES, row) for row in rows]
 
 
@@ -165,12 +165,12 @@ def _acquire_sql(count: int) -> str:
 
 
 def release_step(
-    conn: Connection, last: bool, todo: Sequence[tuple[str, str, str]]
+    sql: DriverSql, last: bool, todo: Sequence[tuple[str, str, str]]
 ) -> Sequence[Sequence[Any]]:
     """One step of `engine.store.sql.locks.release_locks` over the locks `todo` (type, id,
     owner): delete those held once (`last`), or count down the re-entered ones. The rows of
     the locks it changed: type, id, owner and the depth left."""
-    return conn.exec_driver_sql(_release_sql(last, len(todo)), tuple(chain(*todo))).all()
+    return sql.execute(_release_sql(last, len(todo)), tuple(chain(*todo))).fetchall()
 
 
 @cache

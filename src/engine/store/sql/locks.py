@@ -27,7 +27,7 @@ answered on its own. A batch never holds the same lock twice, so its rows cannot
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -41,7 +41,7 @@ from engine.store.sql.batch import GroupCommit
 from engine.store.sql.errors import translated
 from engine.store.sql.pgbatch import PgStatements
 from engine.store.sql.tables import locks
-from engine.store.sql.transact import Transactions
+from engine.store.sql.transact import DriverSql, Transactions
 
 _KEY = (locks.c.resource_type, locks.c.resource_id)
 
@@ -86,16 +86,32 @@ def release_locks(conn: Connection, requests: Sequence[tuple[Resource, str]]) ->
     """Undo one acquire of each (resource, owner id): delete the locks held once, count down
     the re-entered ones. The depth left of each (0: released), None for a lock the owner does
     not hold. Run on its own (each statement commits) or inside a larger transaction (the
-    recorder's: a run's locks go with the write of its end)."""
+    recorder's: a run's locks go with the write of its end). Core statements (PostgreSQL);
+    SQLite's own SQL is `release_locks_lite`."""
+    return _release(lambda last, todo: _core_step(conn, last, todo), requests)
+
+
+def release_locks_lite(
+    sql: DriverSql, requests: Sequence[tuple[Resource, str]]
+) -> list[int | None]:
+    """`release_locks` in SQLite's own SQL (`litebatch`)."""
+    return _release(lambda last, todo: litebatch.release_step(sql, last, sorted(todo)), requests)
+
+
+def _release(
+    step: Callable[[bool, set[Mine]], Iterable[Sequence[Any]]],
+    requests: Sequence[tuple[Resource, str]],
+) -> list[int | None]:
+    """`release_locks` with `step(last, todo)`: one release step's rows (type, id, owner,
+    depth left) over the locks `todo` (`last`: delete those held once; else count down)."""
     wanted = {(*_key(resource), owner) for resource, owner in requests}
     left: dict[Mine, int] = {}
     todo = wanted
-    step = _lite_step if conn.dialect.name == "sqlite" else _core_step
     # Two tries: in autocommit, another process of the same owner may re-enter or release
     # between the two statements (each commits on its own).
     for _ in range(2):
         for last in (True, False):
-            for type_, id_, owner, depth in step(conn, last, todo):
+            for type_, id_, owner, depth in step(last, todo):
                 left[(type_, id_, owner)] = depth
             todo = {t for t in todo if t not in left}
             if not todo:
@@ -103,10 +119,6 @@ def release_locks(conn: Connection, requests: Sequence[tuple[Resource, str]]) ->
         if not todo:
             break
     return [left.get((*_key(resource), owner)) for resource, owner in requests]
-
-
-def _lite_step(conn: Connection, last: bool, todo: set[Mine]) -> Iterable[Sequence[Any]]:
-    return litebatch.release_step(conn, last, sorted(todo))
 
 
 def _core_step(conn: Connection, last: bool, todo: set[Mine]) -> Iterable[Sequence[Any]]:
@@ -182,8 +194,8 @@ class SqlLocks:
         doing = f"acquiring lock {claims[0].resource}" if len(claims) == 1 else "acquiring locks"
         returned: Sequence[Mapping[Any, Any]]
         if self._engine.dialect.name == "sqlite":
-            returned = await self._tx.run(
-                doing, lambda conn: litebatch.acquire(conn, claims), transaction=False
+            returned = await self._tx.run_sqlite(
+                doing, lambda sql: litebatch.acquire(sql, claims), transaction=False
             )
         else:
             assert self._pg is not None  # PostgreSQL
@@ -216,6 +228,10 @@ class SqlLocks:
 
     async def _release_batch(self, requests: list[tuple[Resource, str]]) -> list[int | None]:
         doing = "releasing locks" if len(requests) > 1 else f"releasing lock {requests[0][0]}"
+        if self._engine.dialect.name == "sqlite":
+            return await self._tx.run_sqlite(
+                doing, lambda sql: release_locks_lite(sql, requests), transaction=False
+            )
         return await self._tx.run(
             doing, lambda conn: release_locks(conn, requests), transaction=False
         )

@@ -48,19 +48,20 @@ EVENT_COLUMNS = ("run_id", "seq", "type", "at", "path", "payload")
 TimeParam = Callable[[datetime | None], datetime | str | None]
 
 
-def run_update(run: RunRecord) -> dict[str, Any]:
-    return {
-        "b_id": run.id,
-        "state": run.state.value,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "duration": run.duration,
-        "error": run.error,
-    }
-
-
 # The hot rows below are tuples for driver-level executemany, in the column orders above:
 # SQLAlchemy's per-row parameter processing would cost more than the database does.
+
+
+def run_update(run: RunRecord, time: TimeParam) -> tuple[Any, ...]:
+    """RUN_UPDATE_COLUMNS, then the run's id."""
+    return (
+        run.state.value,
+        time(run.started_at),
+        time(run.finished_at),
+        run.duration,
+        run.error,
+        run.id,
+    )
 
 
 def run_row(run: RunRecord, plan_json: str, time: TimeParam) -> tuple[Any, ...]:

@@ -34,25 +34,15 @@ from engine.ports.store import LOST_RUN_ERROR, Changes, RunRecord, SubplanRecord
 from engine.store.sql import mapping
 from engine.store.sql.errors import translated
 from engine.store.sql.jobs import SqlJobs
-from engine.store.sql.locks import SqlLocks, release_locks
+from engine.store.sql.locks import SqlLocks, release_locks, release_locks_lite
 from engine.store.sql.pgbatch import PgStatements
 from engine.store.sql.tables import events, locks, runs, subplan_runs
-from engine.store.sql.transact import Transactions
+from engine.store.sql.transact import AlchemySql, DriverSql, Transactions
 
 #: One row for a driver-level executemany (engine.store.sql.mapping).
 Row = tuple[Any, ...]
 
-_RUN_UPDATE = (
-    sa.update(runs)
-    .where(runs.c.id == sa.bindparam("b_id"))
-    .values({c: sa.bindparam(c) for c in mapping.RUN_UPDATE_COLUMNS})
-)
 _RUN_COLUMNS = [c for c in runs.c if c.name != "plan"]
-_COUNT_RUNS = (
-    sa.select(sa.func.count())
-    .select_from(runs)
-    .where(runs.c.id.in_(sa.bindparam("ids", expanding=True)))
-)
 
 
 class _HotStatements:
@@ -82,11 +72,23 @@ class _HotStatements:
             f"UPDATE {subplan_runs.name} SET {sets} "
             f"WHERE run_id = {update_marks[-2]} AND path = {update_marks[-1]}"
         )
+        update_marks = marks(len(mapping.RUN_UPDATE_COLUMNS) + 1)
+        sets = ", ".join(
+            f"{c} = {m}" for c, m in zip(mapping.RUN_UPDATE_COLUMNS, update_marks, strict=False)
+        )
+        self.update_runs = f"UPDATE {runs.name} SET {sets} WHERE id = {update_marks[-1]}"
         event_cols = ", ".join(mapping.EVENT_COLUMNS)
         self.insert_events = (
             f"INSERT INTO {events.name} ({event_cols}) "
             f"VALUES ({', '.join(marks(len(mapping.EVENT_COLUMNS)))})"
         )
+        self._marks = marks
+        #: Whether an executemany's row count is the rows it changed (asyncpg's is not).
+        self.counts_rows = dialect.supports_sane_multi_rowcount
+
+    def count_runs(self, count: int) -> str:
+        """How many of `count` run ids name a run."""
+        return f"SELECT count(*) FROM {runs.name} WHERE id IN ({', '.join(self._marks(count))})"
 
 
 def _placeholders(paramstyle: str) -> Callable[[int], list[str]]:
@@ -125,8 +127,18 @@ class SqlStore(SqlLocks, SqlJobs):
         if self._pg is not None and not (changes.runs or changes.subplans):
             # Inserts and releases only: one statement, one round trip.
             left = await self._one_statement(self._pg, changes)
+        elif self._pg is None:  # SQLite
+            apply = self._statements(changes)
+            left = await self._tx.run_sqlite(
+                "recording", lambda sql: apply(sql, lambda gone: release_locks_lite(sql, gone))
+            )
         else:
-            left = await self._tx.run("recording", self._statements(changes), serialize=True)
+            apply = self._statements(changes)
+            left = await self._tx.run(
+                "recording",
+                lambda conn: apply(AlchemySql(conn), lambda gone: release_locks(conn, gone)),
+                serialize=True,
+            )
         for release, depth in zip(changes.releases, left, strict=True):
             release.left, release.written = depth, True
 
@@ -150,37 +162,40 @@ class SqlStore(SqlLocks, SqlJobs):
         left = {(t, i, o): depth for t, i, o, depth in rows}
         return [left.get((r.kind.value, r.name, owner)) for r, owner in releases]
 
-    def _statements(self, changes: Changes) -> Callable[[Connection], list[int | None]]:
-        """The writes of `changes`, as the work of one transaction."""
+    def _statements(
+        self, changes: Changes
+    ) -> Callable[
+        [DriverSql, Callable[[list[tuple[Resource, str]]], list[int | None]]], list[int | None]
+    ]:
+        """The writes of `changes`, as the work of one transaction: `apply(sql, release)`
+        sends them as driver SQL (`release` releases the locks the batch frees)."""
         hot, time = self._hot, self._hot.time
         new_runs, added, events, releases = self._new_rows(changes)
-        run_updates = [mapping.run_update(run) for run in changes.runs]
-        run_ids = [run.id for run in changes.runs]
+        run_updates = [mapping.run_update(run, time) for run in changes.runs]
         sub_updates = [mapping.subplan_update(s, time) for s in changes.subplans]
         location = self._location
 
-        def apply(conn: Connection) -> list[int | None]:
+        def apply(
+            sql: DriverSql, release: Callable[[list[tuple[Resource, str]]], list[int | None]]
+        ) -> list[int | None]:
             if new_runs:
-                conn.exec_driver_sql(hot.insert_runs, new_runs)
+                sql.executemany(hot.insert_runs, new_runs)
             if added:
-                conn.exec_driver_sql(hot.insert_subplans, added)
+                sql.executemany(hot.insert_subplans, added)
             if run_updates:
-                if len(run_updates) == 1 or conn.dialect.supports_sane_multi_rowcount:
-                    updated = conn.execute(_RUN_UPDATE, run_updates).rowcount
-                else:  # asyncpg counts no rows of an executemany: count the runs instead
-                    conn.execute(_RUN_UPDATE, run_updates)
-                    updated = conn.execute(_COUNT_RUNS, {"ids": run_ids}).scalar_one()
+                updated = sql.executemany(hot.update_runs, run_updates).rowcount
+                if not hot.counts_rows:  # count the runs instead
+                    ids = [row[-1] for row in run_updates]
+                    updated = sql.execute(hot.count_runs(len(ids)), ids).fetchall()[0][0]
                 if updated != len(run_updates):
                     raise StoreError(f"{location}: an update names an unknown run")
             if sub_updates:
-                result = conn.exec_driver_sql(hot.update_subplans, sub_updates)
-                if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(
-                    sub_updates
-                ):
+                result = sql.executemany(hot.update_subplans, sub_updates)
+                if hot.counts_rows and result.rowcount != len(sub_updates):
                     raise StoreError(f"{location}: an update names an unknown subplan")
             if events:
-                conn.exec_driver_sql(hot.insert_events, events)
-            return release_locks(conn, releases) if releases else []
+                sql.executemany(hot.insert_events, events)
+            return release(releases) if releases else []
 
         return apply
 

@@ -34,10 +34,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext, suppress
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import anyio
 from sqlalchemy.engine import Connection, Engine, RowMapping
@@ -105,6 +106,20 @@ class Transactions:
                 async with engine.begin() as conn:
                     return await conn.run_sync(work)
 
+    async def run_sqlite(
+        self, doing: str, work: Callable[[DriverSql], T], *, transaction: bool = True
+    ) -> T:
+        """SQLite: `work(sql)` of statements in SQLite's own SQL, as `run` would run it. On a
+        file they go straight to the driver's connection in the writer thread (no SQLAlchemy
+        between: its begin, commit and per-statement execution cost about as much as SQLite's
+        own work on a worker's batches); else (an in-memory database) through SQLAlchemy."""
+        if self._thread is None:
+            return await self.run(
+                doing, lambda conn: work(AlchemySql(conn)), transaction=transaction
+            )
+        with translated(self._location, doing):
+            return await self._thread.run(work, transaction, raw=True)
+
     async def one(self, doing: str, statement: Executable, params: Any = None) -> Any:
         """One statement in autocommit: its rows (fetched before the cursor closes) or its row
         count."""
@@ -157,13 +172,14 @@ class WriterThread:
         self._queue: queue.SimpleQueue[_Write[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    async def run(self, work: Callable[[Connection], T], transaction: bool) -> T:
+    async def run(self, work: Callable[[Any], T], transaction: bool, *, raw: bool = False) -> T:
         """Hand `work` to the thread now (no yield before) and wait for its answer. Not
-        abandoned if the caller is cancelled meanwhile: the cancellation is delivered after."""
+        abandoned if the caller is cancelled meanwhile: the cancellation is delivered after.
+        `raw`: `work` takes the driver's connection (`DriverSql`), not SQLAlchemy's."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
             self._thread.start()
-        write = _Write(work, transaction, asyncio.get_running_loop())
+        write = _Write(work, transaction, raw, asyncio.get_running_loop())
         self._queue.put(write)
         with anyio.CancelScope(shield=True):
             await write.done.wait()
@@ -180,11 +196,18 @@ class WriterThread:
         await anyio.to_thread.run_sync(thread.join)
 
     def _serve(self) -> None:
+        raw: sqlite3.Connection | None = None
         try:
             while (write := self._queue.get()) is not None:
                 try:
-                    with self._engines[write.transaction].begin() as conn:
-                        write.answer = write.work(conn)
+                    if write.raw:
+                        if raw is None:  # the pool's one connection, as the driver's
+                            driver = self._engine.raw_connection().driver_connection
+                            raw = cast(sqlite3.Connection, driver)
+                        write.answer = _in_transaction(raw, write.work, write.transaction)
+                    else:
+                        with self._engines[write.transaction].begin() as conn:
+                            write.answer = write.work(conn)
                 except BaseException as exc:  # handed to the caller, raised there
                     write.error = exc
                 with suppress(RuntimeError):  # its loop is closed: nobody waits for the answer
@@ -193,14 +216,64 @@ class WriterThread:
             self._engine.dispose()
 
 
+def _in_transaction(raw: sqlite3.Connection, work: Callable[[Any], T], transaction: bool) -> T:
+    """`work(raw)` in `BEGIN IMMEDIATE` ... `COMMIT` (rolled back if it raises), or in
+    autocommit (the engine's connections leave transactions to us: `isolation_level=None`)."""
+    if not transaction:
+        return work(raw)
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        answer = work(raw)
+        raw.execute("COMMIT")
+    except BaseException:
+        if raw.in_transaction:
+            raw.execute("ROLLBACK")
+        raise
+    return answer
+
+
+class DriverSql(Protocol):
+    """What SQLite's own SQL is run through: the driver's connection (`sqlite3.Connection`),
+    or `AlchemySql` (an in-memory database, only SQLAlchemy's connection sees it)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> DriverRows: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> DriverRows: ...
+
+
+class DriverRows(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchall(self) -> Sequence[Any]: ...
+
+
+class AlchemySql:
+    """`DriverSql` over a SQLAlchemy connection (driver SQL, SQLAlchemy's error wrapping)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, parameters: Any = (), /) -> DriverRows:
+        return self._conn.exec_driver_sql(sql, tuple(parameters))
+
+    def executemany(self, sql: str, parameters: Any, /) -> DriverRows:
+        return self._conn.exec_driver_sql(sql, list(parameters))
+
+
 class _Write(Generic[T]):
-    __slots__ = ("answer", "done", "error", "loop", "transaction", "work")
+    __slots__ = ("answer", "done", "error", "loop", "raw", "transaction", "work")
 
     def __init__(
-        self, work: Callable[[Connection], T], transaction: bool, loop: asyncio.AbstractEventLoop
+        self,
+        work: Callable[[Any], T],
+        transaction: bool,
+        raw: bool,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.work = work
         self.transaction = transaction
+        self.raw = raw
         self.loop = loop
         self.done = asyncio.Event()
         self.answer: T | None = None
