@@ -13,16 +13,18 @@ group; `pool.stop()` asks it to finish (docs/jobs.md has the shutdown sequence).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
 from engine.domain.job import AsyncJob, Claimed, JobOutcome, WorkerRecord, new_worker_id
 from engine.domain.lock import RunLocking, this_process
@@ -53,6 +55,14 @@ TTL_EVERY = 60.0
 FLUSH_TIMEOUT = 10.0
 
 
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """A slot of the pool: the job handed to it (None: none, or the pool closed it)."""
+
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    job: RunningJob | None = None
+
+
 class WorkerPool:
     def __init__(
         self,
@@ -69,6 +79,9 @@ class WorkerPool:
         self._store = engine.store
         self._redact = Redactor()
         self._running: dict[str, RunningJob] = {}
+        #: The slots (`_slot` tasks) that run no job now; all of them once closed.
+        self._idle: list[_Slot] = []
+        self._closed = False
         self._report = WorkerHealthReport(self.worker_id, settings.concurrency)
         self._on_outcome = on_outcome
         self._writer = OutcomeWriter(self._store, self._report, self._written)
@@ -116,9 +129,16 @@ class WorkerPool:
                 services.start_soon(self._writer.run)
                 services.start_soon(self._heartbeat_loop)
                 async with anyio.create_task_group() as jobs:
+                    for n in range(self.settings.concurrency):
+                        slot = _Slot()
+                        self._idle.append(slot)
+                        jobs.start_soon(self._slot, slot, name=f"{self.worker_id} slot {n}")
                     task_status.started()
-                    await self._claim_loop(jobs)
-                    await self._wind_down()
+                    try:
+                        await self._claim_loop()
+                        await self._wind_down()
+                    finally:
+                        self._close_slots()
                 await self._writer.flush(FLUSH_TIMEOUT)
                 services.cancel_scope.cancel()
         finally:
@@ -130,7 +150,7 @@ class WorkerPool:
                 except StoreError as exc:
                     logger.warning("worker %s: could not unregister: %s", self.worker_id, exc)
 
-    async def _claim_loop(self, jobs: TaskGroup) -> None:
+    async def _claim_loop(self) -> None:
         idle = MIN_IDLE
         concurrency = self.settings.concurrency
         # On a database server, two half-size claims in flight: one half of the jobs runs
@@ -167,7 +187,7 @@ class WorkerPool:
                     running = RunningJob(job, self.worker_id, claimed_run_id=locking.run_ids[i])
                     if job.id in claimed.locked:
                         running.plan_lock = locking.claim(i, job.plan_name, now)
-                    self._start(jobs, running)
+                    self._start(running)
                 continue
             if self.settings.burst:
                 if not self._running:
@@ -185,11 +205,40 @@ class WorkerPool:
         )
         return claimed.applied, claimed
 
-    def _start(self, jobs: TaskGroup, running: RunningJob) -> None:
-        job = running.job
-        self._running[job.id] = running
+    def _start(self, running: RunningJob) -> None:
+        """Hand a claimed job to an idle slot (a claim takes no more jobs than there are)."""
+        slot = self._idle.pop()
+        self._running[running.job.id] = running
         self._report.claimed += 1
-        jobs.start_soon(self._run_one, running, name=f"job {job.id}")
+        slot.job = running
+        slot.ready.set()
+
+    async def _slot(self, slot: _Slot) -> None:
+        """One of the pool's `concurrency` tasks: runs the jobs `_start` hands it, one at a
+        time, until the pool closes its slots. A task per job would cost more than a no-op
+        job's whole run does."""
+        while True:
+            try:
+                await slot.ready.wait()
+            except anyio.get_cancelled_exc_class():
+                if slot.job is not None:  # handed to it as the pool was cancelled
+                    await self._run_one(slot.job)  # cancelled at its first step: handed back
+                raise
+            slot.ready.clear()
+            running, slot.job = slot.job, None
+            if running is None:
+                return  # closed while idle
+            await self._run_one(running)
+            if self._closed:
+                return
+            self._idle.append(slot)
+
+    def _close_slots(self) -> None:
+        """No more jobs: idle slots end now, busy ones when their job has."""
+        self._closed = True
+        for slot in self._idle:
+            slot.ready.set()
+        self._idle = []
 
     async def _run_one(self, running: RunningJob) -> None:
         outcome: JobOutcome | None = None
