@@ -119,6 +119,7 @@ class Engine:
         #: Closed first on exit, so cancelled delegated runs are still recorded.
         self._delegation_stack: AsyncExitStack | None = None
         self._logs: Path | None = None
+        self._settings_defaults: ParallelExecutionConfig | None = None
 
     @property
     def store(self) -> Store:
@@ -400,12 +401,7 @@ class Engine:
         taken: Sequence[LockRecord] = (),
     ) -> PreparedRun:
         # A plan's own value beats these: they are the global level of the precedence chain.
-        defaults = ParallelExecutionConfig(
-            max_parallel=max_parallel if max_parallel is not None else self.settings.max_parallel,
-            failure_mode=FailureMode(failure_mode)
-            if failure_mode is not None
-            else self.settings.failure_mode,
-        )
+        defaults = self._defaults(max_parallel, failure_mode)
         run_id = run_id or new_id()
         tracker = SubplanTracker(
             run_id, plan.name, ((path, sub.kind) for path, sub in plan.walk()), clock=self.clock
@@ -434,6 +430,25 @@ class Engine:
         )
         return PreparedRun(
             plan, tracker, dispatcher, self, defaults, resume, lock_wait=lock_wait, taken=taken
+        )
+
+    def _defaults(
+        self, max_parallel: int | None, failure_mode: FailureMode | str | None
+    ) -> ParallelExecutionConfig:
+        """The global level of a run's precedence chain: the caller's values, else the
+        settings' (made once: a worker prepares thousands of runs a second)."""
+        if max_parallel is None and failure_mode is None:
+            if self._settings_defaults is None:
+                self._settings_defaults = ParallelExecutionConfig(
+                    max_parallel=self.settings.max_parallel,
+                    failure_mode=self.settings.failure_mode,
+                )
+            return self._settings_defaults
+        return ParallelExecutionConfig(
+            max_parallel=max_parallel if max_parallel is not None else self.settings.max_parallel,
+            failure_mode=FailureMode(failure_mode)
+            if failure_mode is not None
+            else self.settings.failure_mode,
         )
 
     def _log_root(self) -> Path:

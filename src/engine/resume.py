@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.dispatch.tracker import SubplanTracker
+from engine.domain.job import CANONICAL_JSON
 from engine.domain.plan import Plan
 from engine.domain.states import RunState, SubplanState
 from engine.errors import EngineError, InputError, RunNotFoundError
@@ -31,7 +32,7 @@ class PlanSnapshot:
     @classmethod
     def of(cls, plan: Plan) -> PlanSnapshot:
         data = plan.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = CANONICAL_JSON.encode(data)
         return cls(text, hashlib.sha256(text.encode()).hexdigest())
 
 

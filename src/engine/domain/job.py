@@ -30,6 +30,9 @@ from engine.ids import new_id
 JOB_PAYLOAD_VERSION = 1
 #: How often a job is claimed before a lost worker's job is failed instead of requeued.
 DEFAULT_MAX_ATTEMPTS = 3
+#: Canonical JSON (sorted keys, no spaces, UTF-8 as it is): made once, `json.dumps` with
+#: options makes an encoder per call.
+CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def check_job_transition(job_id: str, old: AsyncJobStatus, new: AsyncJobStatus) -> None:
@@ -109,7 +112,7 @@ def serialize_job_payload(plan: Plan, workdir: Path | None = None) -> str:
         "workdir": str(folder.resolve()),
         "plan_source": str(plan.source) if plan.source is not None else None,
     }
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return CANONICAL_JSON.encode(data)
 
 
 def deserialize_job_payload(text: str) -> JobPayload:
@@ -144,7 +147,8 @@ def deserialize_job_payload(text: str) -> JobPayload:
     # The plan's folder is the working folder: `cwd` and `call` modules resolve from there.
     # String operations, one Path: a worker reads thousands of payloads a second.
     name = os.path.basename(source.rstrip("/")) if source else f"{plan.name}.yaml"
-    plan = plan.with_source(Path(os.path.join(workdir, name)), resolved=os.path.isabs(workdir))
+    source_path = Path(os.path.join(workdir, name))
+    plan = plan.with_source(source_path, resolved=os.path.isabs(workdir), copy=False)
     # Every field is checked above: validating the model again would check the plan's
     # structure a second time.
     return JobPayload.model_construct(

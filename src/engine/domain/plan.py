@@ -169,9 +169,11 @@ class Plan(BaseModel):
         source = self.source
         return source.parent if source is not None else Path.cwd()
 
-    def with_source(self, source: Path, *, resolved: bool = False) -> Plan:
-        """This plan, loaded from `source` (`resolved`: the path is absolute and final)."""
-        plan = self.model_copy()
+    def with_source(self, source: Path, *, resolved: bool = False, copy: bool = True) -> Plan:
+        """This plan, loaded from `source` (`resolved`: the path is absolute and final).
+        `copy=False` sets it on this plan itself: only for one that nobody else holds yet
+        (a worker builds one per job, thousands a second)."""
+        plan = self.model_copy() if copy else self
         plan._source = source if resolved else source.resolve()
         return plan
 

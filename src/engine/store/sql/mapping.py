@@ -118,6 +118,23 @@ def event_rows(events: Sequence[Event], time: TimeParam) -> list[tuple[Any, ...]
     ]
 
 
+def remembered(time: TimeParam) -> TimeParam:
+    """`time` that formats each datetime object once: a run's records and its events share
+    their times (the event of a start is stamped with the start's own object). Keyed by the
+    object's identity, so only for the rows of one batch, whose objects are all alive."""
+    seen: dict[int, datetime | str | None] = {}
+
+    def once(value: datetime | None) -> datetime | str | None:
+        if value is None:
+            return None
+        key = id(value)
+        if key not in seen:
+            seen[key] = time(value)
+        return seen[key]
+
+    return once
+
+
 def sqlite_time(value: datetime | None) -> str | None:
     """The text SQLAlchemy's SQLite DATETIME reads back: naive UTC with microseconds."""
     if value is None:

@@ -147,6 +147,8 @@ class SqlStore(SqlLocks, SqlJobs):
     ) -> tuple[list[Row], list[Row], list[Row], list[tuple[Resource, str]]]:
         """The rows `changes` inserts (runs, subplans, events) and the locks it releases."""
         time = self._hot.time
+        if time is mapping.sqlite_time:  # text to make: once per datetime object
+            time = mapping.remembered(time)
         new_runs = [mapping.run_row(n.run, n.plan_json, time) for n in changes.created]
         added = [mapping.subplan_row(s, time) for n in changes.created for s in n.subplans]
         added.extend(mapping.subplan_row(s, time) for s in changes.added)
