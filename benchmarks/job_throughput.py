@@ -139,8 +139,9 @@ class _StubRun:
         self.plan = plan
         self.run_id = f"stub-{id(self)}"
 
-    async def execute(self, *, record_first: bool = True) -> None:
-        return None
+    async def execute(self, *, on_ended: Any = None, **_: Any) -> None:
+        if on_ended is not None:
+            on_ended()
 
     def result(self) -> RunResult:
         return RunResult(

@@ -73,16 +73,20 @@ class PreparedRun:
     def resumed_from(self) -> str | None:
         return self.resume.previous.id if self.resume is not None else None
 
-    async def execute(self, *, record_first: bool = True) -> RunResult:
+    async def execute(
+        self, *, record_first: bool = True, on_ended: Callable[[], None] | None = None
+    ) -> RunResult:
         """Take the run's locks, record the run, run it, and return once its terminal state is
         in the store. `LockConflictError` (before anything is recorded) if another owner holds
         the plan's or project's lock beyond `lock_wait`. `record_first=False`: start without
-        waiting for the run's creation to be written (see `Recorder.begin`; for workers)."""
+        waiting for the run's creation to be written (see `Recorder.begin`; for workers).
+        `on_ended()` is called once the run has ended, before its end is written (a worker
+        takes its next job meanwhile)."""
         engine = self._engine
         recorder = engine._recorder
         if recorder is None:
             async with engine:
-                return await self.execute(record_first=record_first)
+                return await self.execute(record_first=record_first, on_ended=on_ended)
         bus = engine.bus
         self.tracker.emit = bus.publish if bus.active else None
         _importable(self.plan.base_dir)
@@ -99,6 +103,8 @@ class PreparedRun:
                         self.plan, self.tracker, self.dispatcher, lambda: guard.lost
                     )
                 finally:
+                    if on_ended is not None:
+                        on_ended()
                     # The run's locks are released in the transaction that records its end.
                     releases = locks.releases(guard)
                     try:

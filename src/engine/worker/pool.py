@@ -79,6 +79,8 @@ class WorkerPool:
         self._store = engine.store
         self._redact = Redactor()
         self._running: dict[str, RunningJob] = {}
+        #: Of those, the jobs whose runs have not ended yet (what `concurrency` caps).
+        self._busy = 0
         #: The slots (`_slot` tasks) that run no job now; all of them once closed.
         self._idle: list[_Slot] = []
         self._closed = False
@@ -129,7 +131,7 @@ class WorkerPool:
                 services.start_soon(self._writer.run)
                 services.start_soon(self._heartbeat_loop)
                 async with anyio.create_task_group() as jobs:
-                    for n in range(self.settings.concurrency):
+                    for n in range(2 * self.settings.concurrency):  # see `_free`
                         slot = _Slot()
                         self._idle.append(slot)
                         jobs.start_soon(self._slot, slot, name=f"{self.worker_id} slot {n}")
@@ -157,15 +159,15 @@ class WorkerPool:
         # while the other waits for the server (JobStore.database_in_process).
         most = concurrency if self._store.database_in_process else max(1, concurrency // 2)
         while not self._stopping:
-            free = concurrency - len(self._running)
+            free = self._free()
             if free <= 0:
                 await self._wait_for_wake(None)
                 continue
             if free < concurrency:
                 with anyio.move_on_after(COALESCE):
-                    while len(self._running) > concurrency // 2 and not self._stopping:
+                    while self._free() < concurrency - concurrency // 2 and not self._stopping:
                         await self._wait_for_wake(None)
-                free = concurrency - len(self._running)
+                free = self._free()
             self._wake = anyio.Event()
             limit = min(free, most)
             now = self.clock.now()
@@ -205,11 +207,30 @@ class WorkerPool:
         )
         return claimed.applied, claimed
 
+    def _free(self) -> int:
+        """How many jobs to claim. On a database server a slot is free once its job's run has
+        ended, while its end is being written: the next claim goes to the server meanwhile,
+        and both wait for it together (but no more than twice `concurrency` jobs are held at
+        once, however slow the writes). In this process the two writes would only take turns
+        in the one writer: there a slot frees when its job is done."""
+        concurrency = self.settings.concurrency
+        if self._store.database_in_process:
+            return concurrency - len(self._running)
+        return min(concurrency - self._busy, 2 * concurrency - len(self._running))
+
     def _start(self, running: RunningJob) -> None:
         """Hand a claimed job to an idle slot (a claim takes no more jobs than there are)."""
         slot = self._idle.pop()
         self._running[running.job.id] = running
+        self._busy += 1
         self._report.claimed += 1
+
+        def ended() -> None:
+            running.on_ended = None  # once
+            self._busy -= 1
+            self._wake.set()
+
+        running.on_ended = ended
         slot.job = running
         slot.ready.set()
 
@@ -258,6 +279,8 @@ class WorkerPool:
             self._writer.add(back)
             raise
         finally:
+            if running.on_ended is not None:  # its run never got to its end
+                running.on_ended()
             del self._running[running.job.id]
             self._wake.set()
         if outcome is None:

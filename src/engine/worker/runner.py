@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -83,6 +83,8 @@ class RunningJob:
     #: lock, if the claim took it: the run holds it from its first step.
     claimed_run_id: str | None = None
     plan_lock: LockRecord | None = None
+    #: Called once its run has ended, before the end is written (`PreparedRun.execute`).
+    on_ended: Callable[[], None] | None = None
 
     def stop(self, reason: StopReason) -> None:
         """Cancel the job's scope; the first reason given is the one that counts."""
@@ -169,7 +171,7 @@ async def _run(
             if taken:
                 running.plan_lock = None  # the run holds it from its first step
             # The job row says it runs: its run is created by the next flush, not awaited.
-            result = await prepared.execute(record_first=False)
+            result = await prepared.execute(record_first=False, on_ended=running.on_ended)
         except EngineError as exc:
             error = str(exc)
         except Exception as exc:  # a bug must fail the job, not the pool
