@@ -303,6 +303,15 @@ class WorkerPool:
     async def _wait_for_wake(self, seconds: float | None, *, hurry: bool = False) -> None:
         """Until `wake()` (or a slot frees), at most `seconds` on the engine's clock."""
         wake = self._wake
+        if seconds is None and not hurry:  # the busy pool's wait: nothing to race
+            await wake.wait()
+        else:
+            await self._race(wake, seconds, hurry)
+        if wake.is_set() and wake is self._wake:
+            self._wake = anyio.Event()
+
+    async def _race(self, wake: anyio.Event, seconds: float | None, hurry: bool) -> None:
+        """Until `wake` (or, with `hurry`, a second stop) is set, at most `seconds`."""
         async with anyio.create_task_group() as tg:
 
             async def waiter(event: anyio.Event) -> None:
@@ -315,8 +324,6 @@ class WorkerPool:
             if seconds is not None:
                 await self.clock.sleep(seconds)
                 tg.cancel_scope.cancel()
-        if wake.is_set() and wake is self._wake:
-            self._wake = anyio.Event()
 
     # -- heartbeats and maintenance ----------------------------------------------------------
 
