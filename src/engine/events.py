@@ -24,6 +24,9 @@ class EventBus:
         #: Each callback with the event types it wants (None: every type).
         self._callbacks: list[tuple[Callable[[Event], None], Kinds | None]] = []
         self._streams: list[MemoryObjectSendStream[Event]] = []
+        #: `wants` answers until the next change of listeners (asked for every lock a run
+        #: takes and releases).
+        self._wanted: dict[type[Event], bool] = {}
 
     @property
     def active(self) -> bool:
@@ -31,19 +34,23 @@ class EventBus:
 
     def wants(self, kind: type[Event]) -> bool:
         """Whether anybody would receive an event of type `kind` (build it only then)."""
-        if self._streams:
-            return True
-        return any(kinds is None or issubclass(kind, kinds) for _, kinds in self._callbacks)
+        wanted = self._wanted.get(kind)
+        if wanted is None:
+            wanted = self._wanted[kind] = bool(self._streams) or any(
+                kinds is None or issubclass(kind, kinds) for _, kinds in self._callbacks
+            )
+        return wanted
 
     def publish(self, event: Event) -> None:
         for callback, kinds in self._callbacks:
             if kinds is None or isinstance(event, kinds):
                 callback(event)
-        for stream in list(self._streams):
-            try:
-                stream.send_nowait(event)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._streams.remove(stream)
+        if self._streams:
+            for stream in list(self._streams):
+                try:
+                    stream.send_nowait(event)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self._remove(stream)
 
     @contextmanager
     def listening(
@@ -53,20 +60,27 @@ class EventBus:
         those of the types in `kinds`."""
         entry = (callback, kinds)
         self._callbacks.append(entry)
+        self._wanted.clear()
         try:
             yield
         finally:
             self._callbacks.remove(entry)
+            self._wanted.clear()
 
     @contextmanager
     def subscribe(self) -> Iterator[MemoryObjectReceiveStream[Event]]:
         """An unbounded stream of every event published while the block is open."""
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         self._streams.append(send)
+        self._wanted.clear()
         try:
             with receive:
                 yield receive
         finally:
-            if send in self._streams:
-                self._streams.remove(send)
+            self._remove(send)
             send.close()
+
+    def _remove(self, stream: MemoryObjectSendStream[Event]) -> None:
+        if stream in self._streams:
+            self._streams.remove(stream)
+            self._wanted.clear()

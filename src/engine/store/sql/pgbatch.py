@@ -66,6 +66,8 @@ class PgStatements:
             )
         ]
         self._key_types = array_types(locks, ("resource_type", "resource_id", "owner_id"))
+        #: `batch` statements by shape (which tables get rows, whether locks are released).
+        self._batches: dict[tuple[bool, ...], str] = {}
         self._outcome_types = array_types(jobs, _OUTCOME_COLUMNS)
         self._lock_types = [
             locks.c[name].type.compile(dialect=dialect) for name in ("host", "pid", "expires_at")
@@ -104,32 +106,43 @@ class PgStatements:
     ) -> tuple[str, tuple[Any, ...]]:
         """The statement and its parameters for new runs, subplans and events (tuples in
         mapping's column orders) and lock releases (resource, owner id)."""
-        parts: list[str] = []
         params: list[Any] = []
+        for new in rows:
+            if new:
+                params.extend(list(column) for column in zip(*new, strict=True))
+        if releases:
+            params.append([r.kind.value for r, _ in releases])
+            params.append([r.name for r, _ in releases])
+            params.append([owner for _, owner in releases])
+        shape = (*(bool(new) for new in rows), bool(releases))
+        sql = self._batches.get(shape)
+        if sql is None:  # one text per shape: asyncpg prepares it once
+            sql = self._batches[shape] = self._batch_sql(shape)
+        return sql, tuple(params)
 
-        def unnest(columns: Sequence[Sequence[Any]], types: Sequence[str]) -> str:
+    def _batch_sql(self, shape: tuple[bool, ...]) -> str:
+        """`batch`'s statement for rows of the tables and releases `shape` says there are."""
+        parts: list[str] = []
+        count = 0
+
+        def unnest(types: Sequence[str]) -> str:
             """`unnest($n::type[], ...)` of one array parameter per column."""
-            marks = []
-            for values, type_ in zip(columns, types, strict=True):
-                params.append(list(values))
-                marks.append(f"${len(params)}::{type_}")
+            nonlocal count
+            marks = [f"${count + i}::{type_}" for i, type_ in enumerate(types, start=1)]
+            count += len(types)
             return f"unnest({', '.join(marks)})"
 
-        for n, ((table, names, types), new) in enumerate(zip(self._inserts, rows, strict=True)):
-            if new:
-                columns = list(zip(*new, strict=True))
+        for n, ((table, names, types), present) in enumerate(
+            zip(self._inserts, shape[:3], strict=True)
+        ):
+            if present:
                 parts.append(
                     f"i{n} AS (INSERT INTO {table} ({', '.join(names)}) "
-                    f"SELECT * FROM {unnest(columns, types)})"
+                    f"SELECT * FROM {unnest(types)})"
                 )
         answer = "SELECT NULL::text, NULL::text, NULL::text, NULL::integer WHERE false"
-        if releases:
-            keys = [
-                [r.kind.value for r, _ in releases],
-                [r.name for r, _ in releases],
-                [owner for _, owner in releases],
-            ]
-            mine = f"SELECT * FROM {unnest(keys, self._key_types)} AS m(t, i, o)"
+        if shape[3]:
+            mine = f"SELECT * FROM {unnest(self._key_types)} AS m(t, i, o)"
             match = "l.resource_type = m.t AND l.resource_id = m.i AND l.owner_id = m.o"
             parts.append(f"mine AS ({mine})")
             # Disjoint (depth 1 or more than 1): both see the rows as they were before.
@@ -143,7 +156,7 @@ class PgStatements:
                 "RETURNING l.resource_type, l.resource_id, l.owner_id, l.depth)"
             )
             answer = "SELECT * FROM gone UNION ALL SELECT * FROM down"
-        return f"WITH {', '.join(parts)} {answer}", tuple(params)
+        return f"WITH {', '.join(parts)} {answer}"
 
     def finish_and_claim(
         self,
