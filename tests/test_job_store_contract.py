@@ -141,19 +141,28 @@ def locking(n: int, ttl: float = 60.0) -> RunLocking:
     return RunLocking(tuple(f"01RUN{i:021d}" for i in range(n)), "host", 7, ttl)
 
 
-@pytest.mark.parametrize("outcomes", [False, True])
-async def test_a_claim_takes_the_plan_locks_of_its_jobs_runs(store: Store, outcomes: bool) -> None:
+@pytest.mark.parametrize("outcomes", [None, S.SUCCEEDED, S.QUEUED])
+async def test_a_claim_takes_the_plan_locks_of_its_jobs_runs(
+    store: Store, outcomes: S | None
+) -> None:
     """With `locking`, the i-th job claimed gets its run's `plan:` lock for `run_ids[i]`, in the
     claim's own transaction; the oldest job of a plan gets it, and a plan whose lock another
-    owner holds gets none (those jobs wait for it as every run does)."""
+    owner holds gets none (those jobs wait for it as every run does). With or without
+    outcomes before it, a hand-back among them (PostgreSQL's transactional path) too."""
     finished: list[JobOutcome] = []
-    if outcomes:
+    if outcomes is not None:
         await store.enqueue_jobs(plan_jobs("done"))
-        finished = [outcome(j) for j in await store.claim_jobs("w1", T0, 1)]
+        finished = [outcome(j, outcomes) for j in await store.claim_jobs("w1", T0, 1)]
     busy = LockRecord.claim(Resource(LockKind.PLAN, "busy"), Owner.named("other"), T0, 60)
     assert await store.acquire_lock(busy) is not None
     new = plan_jobs("a", "b", "a", "busy", "c")
     await store.enqueue_jobs(new)
+    if outcomes is S.QUEUED:  # the job handed back is the oldest queued one: claimed again
+        answer = await store.finish_and_claim(finished, "w1", T0, 1, locking=locking(1))
+        assert answer.applied == [o.job_id for o in finished]
+        assert [j.id for j in answer.jobs] == [o.job_id for o in finished]
+        assert answer.locked == {finished[0].job_id}
+        finished = []
     run_locks = locking(4)
     answer = await store.finish_and_claim(finished, "w1", T0, 4, locking=run_locks)
     assert answer.applied == [o.job_id for o in finished]
