@@ -131,7 +131,7 @@ class WorkerPool:
                 services.start_soon(self._writer.run)
                 services.start_soon(self._heartbeat_loop)
                 async with anyio.create_task_group() as jobs:
-                    for n in range(2 * self.settings.concurrency):  # see `_free`
+                    for n in range(self._slots()):
                         slot = _Slot()
                         self._idle.append(slot)
                         jobs.start_soon(self._slot, slot, name=f"{self.worker_id} slot {n}")
@@ -207,6 +207,11 @@ class WorkerPool:
         )
         return claimed.applied, claimed
 
+    def _slots(self) -> int:
+        """How many slot tasks: one per job it may hold at once (see `_free`)."""
+        concurrency = self.settings.concurrency
+        return concurrency if self._store.database_in_process else 2 * concurrency
+
     def _free(self) -> int:
         """How many jobs to claim. On a database server a slot is free once its job's run has
         ended, while its end is being written: the next claim goes to the server meanwhile,
@@ -235,9 +240,9 @@ class WorkerPool:
         slot.ready.set()
 
     async def _slot(self, slot: _Slot) -> None:
-        """One of the pool's `concurrency` tasks: runs the jobs `_start` hands it, one at a
-        time, until the pool closes its slots. A task per job would cost more than a no-op
-        job's whole run does."""
+        """One of the pool's slot tasks: runs the jobs `_start` hands it, one at a time, until
+        the pool closes its slots. A task per job would cost more than a no-op job's whole run
+        does."""
         while True:
             try:
                 await slot.ready.wait()

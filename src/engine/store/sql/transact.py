@@ -14,7 +14,9 @@ written as synchronous functions of a SQLAlchemy `Connection` and run here:
   loop ran the very work it could have overlapped). The thread takes writes in order, so it is
   also the write lock. A write is not abandoned when its caller is cancelled: a transaction
   that started finishes (bounded by the busy timeout), so nothing is ever half-sent and no
-  connection is closed mid-statement.
+  connection is closed mid-statement. The worker's hot writes (`run_sqlite`: SQLite's own SQL,
+  `DriverSql`) skip SQLAlchemy altogether: the thread begins and commits them on the driver's
+  connection itself.
 - On PostgreSQL (and an in-memory SQLite database, which only the async engine's single
   connection can see), through the async engine's `run_sync`: the same function, with the
   driver's own async I/O. The worker's hot statements (`fetch`: one statement of driver SQL,
