@@ -21,7 +21,7 @@ one round trip, atomic on its own (autocommit).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -66,8 +66,10 @@ class PgStatements:
             )
         ]
         self._key_types = array_types(locks, ("resource_type", "resource_id", "owner_id"))
-        #: `batch` statements by shape (which tables get rows, whether locks are released).
+        #: `batch` statements by shape (which tables get rows, whether locks are released), and
+        #: `finish_and_claim` statements by whether they take locks.
         self._batches: dict[tuple[bool, ...], str] = {}
+        self._claims: dict[bool, str] = {}
         self._outcome_types = array_types(jobs, _OUTCOME_COLUMNS)
         self._lock_types = [
             locks.c[name].type.compile(dialect=dialect) for name in ("host", "pid", "expires_at")
@@ -170,7 +172,7 @@ class PgStatements:
         then claim up to `limit` queued jobs for `worker_id` and, with `locking`, take the plan
         locks of their runs (the acquire upsert, oldest job first per plan). Each claimed row
         comes with `locked`: whether its run's lock was taken."""
-        columns = [
+        params: tuple[Any, ...] = (
             [o.job_id for o in outcomes],
             [o.worker_id for o in outcomes],
             [o.token for o in outcomes],
@@ -179,7 +181,25 @@ class PgStatements:
             [o.error_message for o in outcomes],
             [o.result for o in outcomes],
             [o.run_id for o in outcomes],
-        ]
+            limit,
+            worker_id,
+            now,
+        )
+        if locking is not None:
+            params += (
+                list(locking.run_ids),
+                f"{locking.host}:{locking.pid}:",
+                locking.host,
+                locking.pid,
+                now + timedelta(seconds=locking.ttl),  # every proposed lock's expiry
+            )
+        sql = self._claims.get(locking is not None)
+        if sql is None:  # one text each, with or without locks: asyncpg prepares it once
+            sql = self._claims[locking is not None] = self._claim_sql(locking is not None)
+        return sql, params
+
+    def _claim_sql(self, locking: bool) -> str:
+        """`finish_and_claim`'s statement, with or without taking the runs' plan locks."""
         marks = ", ".join(f"${n}::{t}" for n, t in enumerate(self._outcome_types, start=1))
         n = len(self._outcome_types)
         table = jobs.name
@@ -197,13 +217,11 @@ class PgStatements:
             f"finished_at = NULL WHERE id IN (SELECT id FROM picked) AND status = '{_QUEUED}' "
             "RETURNING *)"
         )
-        params: tuple[Any, ...] = (*columns, limit, worker_id, now)
-        if locking is None:
-            sql += (
+        if not locking:
+            return sql + (
                 " SELECT d.applied, c.*, false AS locked FROM "
                 "(SELECT array_agg(id) AS applied FROM done) AS d LEFT JOIN claimed AS c ON true"
             )
-            return sql, params
         # The i-th job claimed (oldest first) runs as run_ids[i]; the oldest of each plan
         # proposes its run's lock (one statement must not propose a key twice).
         runs, owner = f"${n + 4}::text[]", f"${n + 5}::text"
@@ -221,7 +239,7 @@ class PgStatements:
             "pid": pid,
             "run_id": f"({runs})[f.n]",
         }
-        sql += (
+        return sql + (
             ", numbered AS (SELECT id, plan_name, row_number() OVER (ORDER BY id) AS n "
             "FROM claimed), "
             "firsts AS (SELECT DISTINCT ON (plan_name) id, plan_name, n FROM numbered "
@@ -234,12 +252,3 @@ class PgStatements:
             "LEFT JOIN firsts AS f ON f.id = c.id LEFT JOIN taken AS t "
             f"ON t.resource_id = f.plan_name AND t.owner_id = {owner} || ({runs})[f.n]"
         )
-        claim = locking.claim(0, "x", now)  # every proposed lock has these times
-        params += (
-            list(locking.run_ids),
-            f"{locking.host}:{locking.pid}:",
-            locking.host,
-            locking.pid,
-            claim.expires_at,
-        )
-        return sql, params
