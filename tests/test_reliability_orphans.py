@@ -26,7 +26,7 @@ from clitools import engine_env, pid_alive, start_engine, wait_for
 from engine.app import Engine
 from engine.dispatch.steps import run_command
 from engine.domain.lock import Owner
-from engine.testing import settings_for_test
+from engine.testing import ManualClock, settings_for_test
 from reliability._orphankit import (
     ENDINGS,
     Node,
@@ -196,10 +196,14 @@ async def test_leaving_a_lock_never_cancels_its_renewal_in_the_middle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression, the same hazard as above for `engine run`: a run that ended (or was
-    interrupted) while its plan lock was being renewed cancelled the statement in flight."""
+    interrupted) while its plan lock was being renewed cancelled the statement in flight.
+
+    The lock's time is a ManualClock: only the test moves it, so the renewal held back here
+    can never find the lock expired however slow the machine is."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    clock = ManualClock()
     async with Engine(
-        settings_for_test(tmp_path, **{"database.url": url}), database_url=url
+        settings_for_test(tmp_path, **{"database.url": url}), database_url=url, clock=clock
     ) as eng:
         renew = eng.store.renew_lock
         entered, release = anyio.Event(), anyio.Event()
@@ -220,8 +224,10 @@ async def test_leaving_a_lock_never_cancels_its_renewal_in_the_middle(
         monkeypatch.setattr(eng.store, "renew_lock", held_renew)
         async with anyio.create_task_group() as tg:
             tg.start_soon(let_go)
-            async with eng.locks.hold("resource:x", Owner.named("test"), ttl=0.03):
+            async with eng.locks.hold("resource:x", Owner.named("test"), ttl=30):
                 with anyio.fail_after(10):
+                    await clock.wait_for_sleepers()  # the renewer waits for its time
+                    clock.advance(10)
                     await entered.wait()  # the first renewal is in flight
         assert len(finished) == 1  # it ran to its end
         assert await eng.locks.list() == []  # and the lock was released after it
