@@ -4,10 +4,14 @@ For each backend (SQLite file, PostgreSQL in a temporary database):
 
 1. enqueue: `Engine.submit` one job after another (one transaction each), in this process;
 2. process: `python -m engine worker --burst --concurrency 16 --quiet` as a child process,
-   until the queue is empty. Reported twice: wall time of the process (includes ~0.5 s of
-   interpreter start and imports), and the span from the first claim to the last finish as
-   recorded in the store (the worker's steady state); and the worker's CPU time per job
-   (both threads; less sensitive than rates to a noisy machine, but it includes start-up).
+   until the queue is empty. The processing rate is the span from the first claim to the last
+   finish as recorded in the store (the worker at work); printed beside it, the rate over the
+   process's whole wall time, which adds ~0.5 s of interpreter start, imports and exit, and
+   the worker's CPU time per job (both threads; less sensitive than rates to a noisy machine,
+   but it includes start-up).
+
+Each backend runs `--rounds` times (default 3), each on a fresh database; each round is
+printed, then the median and the range (these machines are noisy: one round can be 30% off).
 
 A no-op job is a plan with one `call` step of a no-op coroutine, and the whole path counts:
 claim, plan lock, run record (run + subplan + events through the recorder), states, completion.
@@ -20,9 +24,11 @@ Also printed, to show where the time goes:
 - "queue only": the queue's own work on each backend, in-process, with the plan runs stubbed
   out (claim batches with the plan locks they take, heartbeats, batched completions; no run
   record, no lock release).
+
 Usage:
 
     python benchmarks/job_throughput.py [--jobs 5000] [--concurrency 16] [--only sqlite|postgresql]
+                                         [--rounds 3]
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from engine.app import Engine
@@ -110,14 +118,40 @@ async def check(url: str, folder: Path, count: int) -> float:
     return (last - first).total_seconds()
 
 
-async def measure(name: str, url: str, folder: Path, count: int, concurrency: int) -> None:
+@dataclass(frozen=True)
+class Round:
+    enqueue: float  # jobs/s
+    steady: float  # jobs/s, first claim to last finish
+    whole: float  # jobs/s, the worker process's wall time (start-up and exit included)
+    startup: float  # seconds of the wall time outside the first-claim-to-last-finish span
+    cpu_per_job: float  # seconds
+
+    def show(self, name: str) -> str:
+        return (
+            f"{name:<11} enqueue {self.enqueue:8,.0f} jobs/s | process {self.steady:8,.0f} "
+            f"jobs/s first claim to last finish | {self.whole:8,.0f} jobs/s with the worker's "
+            f"{self.startup:.2f}s of start-up and exit | worker CPU "
+            f"{self.cpu_per_job * 1e6:,.0f} us/job incl. start-up"
+        )
+
+
+async def measure(url: str, folder: Path, count: int, concurrency: int) -> Round:
     rate_in = await enqueue(url, folder, count)
     wall, cpu = process(url, folder, concurrency)
     span = await check(url, folder, count)
+    return Round(rate_in, count / span, count / wall, wall - span, cpu / count)
+
+
+def summary(name: str, rounds: list[Round]) -> None:
+    """The median round's figures (by the processing rate), and the spread."""
+    if len(rounds) == 1:
+        return
+    steady = sorted(r.steady for r in rounds)
+    whole = sorted(r.whole for r in rounds)
     print(
-        f"{name:<11} enqueue {rate_in:8,.0f} jobs/s | process {count / wall:8,.0f} jobs/s "
-        f"(wall {wall:.2f}s incl. start-up) | {count / span:8,.0f} jobs/s first claim to last "
-        f"finish ({span:.2f}s) | worker CPU {cpu / count * 1e6:,.0f} us/job incl. start-up"
+        f"{name:<11} median of {len(rounds)}: process {median(steady):8,.0f} jobs/s first claim "
+        f"to last finish (range {steady[0]:,.0f}-{steady[-1]:,.0f}) | {median(whole):,.0f} "
+        f"jobs/s with start-up (range {whole[0]:,.0f}-{whole[-1]:,.0f}) | target >= 2,000"
     )
 
 
@@ -183,26 +217,41 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="fresh database, enqueue and process, N times"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "bench_noop.py").write_text(NOOP_MODULE)
         sys.path.insert(0, str(folder))
-        print(f"{args.jobs} no-op jobs, one worker process, concurrency {args.concurrency}")
+        print(
+            f"{args.jobs} no-op jobs, one worker process, concurrency {args.concurrency}, "
+            f"{args.rounds} round(s) per backend"
+        )
         if args.only is None:
             await in_memory(folder, args.jobs, args.concurrency)
         if args.only in (None, "sqlite"):
             sqlite_folder = folder / "sqlite"
             sqlite_folder.mkdir()
             (sqlite_folder / "bench_noop.py").write_text(NOOP_MODULE)
-            url = f"sqlite+aiosqlite:///{sqlite_folder / 'jobs.db'}"
-            await measure("sqlite", url, sqlite_folder, args.jobs, args.concurrency)
+            rounds = []
+            for i in range(args.rounds):
+                url = f"sqlite+aiosqlite:///{sqlite_folder / f'jobs-{i}.db'}"
+                rounds.append(await measure(url, sqlite_folder, args.jobs, args.concurrency))
+                print(rounds[-1].show("sqlite"), flush=True)
+            summary("sqlite", rounds)
             url = f"sqlite+aiosqlite:///{sqlite_folder / 'queue.db'}"
             await queue_only("sqlite", url, sqlite_folder, args.jobs, args.concurrency)
         if args.only in (None, "postgresql"):
-            async with postgres_database() as pg_url:
-                if pg_url is not None:
-                    await measure("postgresql", pg_url, folder, args.jobs, args.concurrency)
+            rounds = []
+            for _ in range(args.rounds):
+                async with postgres_database() as pg_url:
+                    if pg_url is None:
+                        break
+                    rounds.append(await measure(pg_url, folder, args.jobs, args.concurrency))
+                    print(rounds[-1].show("postgresql"), flush=True)
+            summary("postgresql", rounds)
             async with postgres_database() as pg_url:
                 if pg_url is not None:
                     await queue_only("postgresql", pg_url, folder, args.jobs, args.concurrency)
