@@ -37,6 +37,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -130,26 +131,28 @@ def _by_id(row: Mapping[Any, Any]) -> str:
     return id_
 
 
-def _run_locks(
-    rows: Sequence[Mapping[Any, Any]], locking: RunLocking | None, now: datetime
-) -> dict[str, LockRecord]:
-    """The plan locks a claim takes for its jobs' runs (`rows`: the claimed jobs, oldest
-    first), by the id of the job whose run proposes it: the oldest job of each plan."""
+def _take_run_locks(
+    rows: Sequence[Mapping[Any, Any]],
+    locking: RunLocking | None,
+    now: datetime,
+    acquire: Callable[[list[LockRecord]], Sequence[Mapping[Any, Any]]],
+) -> frozenset[str]:
+    """Take the plan locks of a claim's runs (`rows`: the claimed jobs, oldest first) with
+    `acquire` (the acquire upsert in the claim's transaction: the rows of the locks taken);
+    the ids of the jobs whose lock was taken. Each plan's lock is proposed by its oldest job."""
     if locking is None:
-        return {}
+        return frozenset()
     firsts: dict[str, tuple[str, LockRecord]] = {}
     for i, row in enumerate(rows):
         if row["plan_name"] not in firsts:
             firsts[row["plan_name"]] = (row["id"], locking.claim(i, row["plan_name"], now))
-    return dict(firsts.values())
-
-
-def _locked(claims: dict[str, LockRecord], taken: Sequence[Mapping[Any, Any]]) -> frozenset[str]:
-    """The ids of the jobs whose proposed lock (`claims`) is among the locks `taken`."""
+    if not firsts:
+        return frozenset()
+    taken = acquire([claim for _, claim in firsts.values()])
     owners = {(row["resource_id"], row["owner_id"]) for row in taken}
     return frozenset(
         job_id
-        for job_id, claim in claims.items()
+        for job_id, claim in firsts.values()
         if (claim.resource.name, claim.owner_id) in owners
     )
 
@@ -245,9 +248,8 @@ class SqlJobs:
             ) -> tuple[list[str], Sequence[Mapping[Any, Any]], frozenset[str]]:
                 applied = litebatch.finish(sql, outcomes) if outcomes else []
                 rows = sorted(litebatch.claim(sql, worker_id, now, limit), key=_by_id)
-                claims = _run_locks(rows, locking, now)
-                taken = litebatch.acquire(sql, list(claims.values())) if claims else []
-                return applied, rows, _locked(claims, taken)
+                acquire = partial(litebatch.acquire, sql)
+                return applied, rows, _take_run_locks(rows, locking, now, acquire)
 
             applied, rows, locked = await self._tx.run_sqlite(doing, lite)
         else:
@@ -259,13 +261,8 @@ class SqlJobs:
                 rows = sorted(
                     conn.execute(self._claim(worker_id, now, limit)).mappings(), key=_by_id
                 )
-                claims = _run_locks(rows, locking, now)
-                taken: Sequence[Mapping[Any, Any]] = []
-                if claims:
-                    assert self._pg is not None  # PostgreSQL
-                    sql, params = self._pg.acquire(list(claims.values()))
-                    taken = conn.exec_driver_sql(sql, params).mappings().all()
-                return applied, rows, _locked(claims, taken)
+                acquire = partial(self._acquire_in, conn)
+                return applied, rows, _take_run_locks(rows, locking, now, acquire)
 
             applied, rows, locked = await self._tx.run(doing, both)
         return Claimed(applied, [_job(r) for r in rows], locked)
@@ -287,6 +284,14 @@ class SqlJobs:
         claimed = [{k: v for k, v in row.items() if k not in extra} for row in rows if row["id"]]
         locked = frozenset(row["id"] for row in rows if row["id"] and row["locked"])
         return Claimed(applied, _claimed(claimed), locked)
+
+    def _acquire_in(
+        self, conn: Connection, claims: list[LockRecord]
+    ) -> Sequence[Mapping[Any, Any]]:
+        """PostgreSQL's acquire upsert (`pgbatch`) in the transaction of `conn`."""
+        assert self._pg is not None  # PostgreSQL
+        sql, params = self._pg.acquire(claims)
+        return conn.exec_driver_sql(sql, params).mappings().all()
 
     def _claim(self, worker_id: str, now: datetime, limit: int) -> sa.Update:
         """PostgreSQL's claim as a Core statement, for a claim in a transaction of other
