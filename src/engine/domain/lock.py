@@ -158,5 +158,11 @@ class RunLocking:
         run_id = self.run_ids[i]
         return Owner(run_id, self.host, self.pid, run_id)
 
+    @property
+    def owner_prefix(self) -> str:
+        """What every owner id of this claim starts with: `owner(i).id` is it + `run_ids[i]`
+        (for a statement that builds the ids itself)."""
+        return Owner("", self.host, self.pid).id
+
     def claim(self, i: int, plan_name: str, now: datetime) -> LockRecord:
         return LockRecord.claim(Resource(LockKind.PLAN, plan_name), self.owner(i), now, self.ttl)

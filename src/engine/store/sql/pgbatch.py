@@ -188,7 +188,7 @@ class PgStatements:
         if locking is not None:
             params += (
                 list(locking.run_ids),
-                f"{locking.host}:{locking.pid}:",
+                locking.owner_prefix,
                 locking.host,
                 locking.pid,
                 now + timedelta(seconds=locking.ttl),  # every proposed lock's expiry
